@@ -1,0 +1,249 @@
+"""Data-pipeline benchmark (plain script, not a test; < 3 min on 2 cores).
+
+    python benchmarks/bench_data.py [--workdir DIR] [--quick]
+
+1. Loader throughput, audio-seconds per wall-second for ONE DataLoader worker (a real worker
+   process, ``num_workers=1``; torch runs one intra-op thread per worker), through the whole
+   ``ASRDataModule`` path (sampler -> decode -> resample -> tokenise -> pad):
+   FLAC 16 kHz in LibriSpeech layout (goal >= 1000x) and MP3 48 kHz -> 16 kHz in Common Voice
+   layout (goal >= 400x).  Best of 3 timed epochs after a warm-up epoch.
+2. Padded-frame fraction of batches, duration bucketing vs random batching, on simulated
+   LibriSpeech-like durations (goal <= 5 %).
+3. Memory of the manifest + sampler for a simulated 280k-utterance index read lazily from
+   jsonl.gz (goal <= 150 MB), as the RSS growth of a fresh process; an eagerly loaded CutSet
+   is measured on 28k utterances and scaled x10 for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.corpus_factory import CV_COLUMNS, sentence, tone_speech, write_tsv  # noqa: E402
+
+MAX_DURATION = 200.0  # seconds per batch, a typical single-GPU setting
+
+
+# -- 1. loader throughput ------------------------------------------------------------------------
+
+def write_librispeech(root: Path, n: int, words: tuple[int, int]) -> Path:
+    rng = random.Random(0)
+    chapter = root / "LibriSpeech" / "train-clean-100" / "100" / "200"
+    chapter.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        text = sentence(rng, words)
+        sf.write(chapter / f"100-200-{i:04d}.flac", tone_speech(text, seed=i), 16000)
+        lines.append(f"100-200-{i:04d} {text.upper()}")
+    (chapter / "100-200.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_commonvoice(root: Path, n: int, words: tuple[int, int]) -> Path:
+    rng = random.Random(1)
+    clips = root / "en" / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        text = sentence(rng, words)
+        name = f"common_voice_en_{i:05d}.mp3"
+        sf.write(clips / name, tone_speech(text, 48000, shift=0.5, seed=i), 48000)
+        rows.append([f"client{i % 3}", name, text.capitalize() + ".", "2", "0", "", "", "", "", "en", ""])
+    write_tsv(root / "en" / "train.tsv", rows)
+    assert len(rows[0]) == len(CV_COLUMNS)
+    return root
+
+
+def loader_throughput(corpus, cache_dir: Path, epochs: int) -> tuple[float, float, list[float]]:
+    """(audio seconds per epoch, best wall seconds, all timings) for one worker process."""
+    from datamodules import ASRDataModule
+
+    dm = ASRDataModule(train=corpus, max_duration=MAX_DURATION, num_buckets=10, num_workers=1,
+                       cache_dir=str(cache_dir), pin_memory=False)
+    loader = dm.train_dataloader(rank=0, world_size=1)
+    audio_s = sum(c.duration for c in dm.train_cuts())
+    times = []
+    for epoch in range(epochs + 1):  # epoch 0 warms the worker, the page cache and the resampler
+        dm.train_sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        total = sum(int(b["lengths"].sum()) for b in loader)
+        if epoch:
+            times.append(time.perf_counter() - start)
+        assert abs(total / 16000 - audio_s) < 1.0, "loader lost audio"
+    del loader
+    return audio_s, min(times), times
+
+
+# -- 2. padding ----------------------------------------------------------------------------------
+
+def fake_cuts(durations):
+    from lhotse import CutSet, Recording
+    from lhotse.cut import MonoCut
+
+    cuts = []
+    for i, d in enumerate(durations):
+        rec = Recording(id=f"r{i}", sources=[], sampling_rate=16000, num_samples=int(d * 16000), duration=d)
+        cuts.append(MonoCut(id=f"c{i}", start=0.0, duration=d, channel=0, recording=rec))
+    return CutSet.from_cuts(cuts)
+
+
+def padded_fraction(batches) -> float:
+    total = padding = 0.0
+    for batch in batches:
+        longest = max(c.duration for c in batch)
+        total += longest * len(batch)
+        padding += sum(longest - c.duration for c in batch)
+    return padding / total
+
+
+def librispeech_like_durations(n: int, rng: random.Random) -> list[float]:
+    """~75 % of utterances 12-17 s, the rest spread over 1-12 s (LibriSpeech train shape)."""
+    return [rng.uniform(12.0, 17.0) if rng.random() < 0.75 else rng.uniform(1.0, 12.0) for _ in range(n)]
+
+
+def padding_study(n: int) -> tuple[float, float, float]:
+    from lhotse.dataset import SimpleCutSampler
+
+    from datamodules.sampling import DurationBucketingSampler
+
+    rng = random.Random(0)
+    ls = fake_cuts(librispeech_like_durations(n, rng))
+    cv = fake_cuts([rng.lognormvariate(1.5, 0.35) for _ in range(n)])  # Common Voice: ~4-6 s clips
+    bucketed_ls = padded_fraction(DurationBucketingSampler(ls, MAX_DURATION, num_buckets=30, shuffle=True))
+    bucketed_cv = padded_fraction(DurationBucketingSampler(cv, MAX_DURATION, num_buckets=30, shuffle=True))
+    random_ls = padded_fraction(SimpleCutSampler(ls, max_duration=MAX_DURATION, shuffle=True))
+    return bucketed_ls, bucketed_cv, random_ls
+
+
+# -- 3. manifest memory --------------------------------------------------------------------------
+
+def write_manifest(path: Path, n: int) -> None:
+    """A LibriSpeech-960-sized index as lhotse jsonl.gz (what the corpora cache holds)."""
+    rng = random.Random(0)
+    with gzip.open(path, "wt", compresslevel=1) as f:
+        for i, dur in enumerate(librispeech_like_durations(n, rng)):
+            spk, chapter = 1000 + i // 120, 100 + i // 40
+            uid = f"{spk}-{chapter}-{i:06d}"
+            text = "THE CAT SAT ON A MAT WITH A BIG RED DOG THAT RAN FAR FROM THE OLD MAN IN THE HOT SUN"
+            f.write(json.dumps({
+                "id": uid, "start": 0.0, "duration": round(dur, 3), "channel": 0, "type": "MonoCut",
+                "supervisions": [{"id": uid, "recording_id": uid, "start": 0.0, "duration": round(dur, 3),
+                                  "channel": 0, "text": text, "language": "en", "speaker": str(spk),
+                                  "custom": {"corpus": "librispeech", "subset": "train-960", "chapter": str(chapter)}}],
+                "recording": {"id": uid, "sources": [{"type": "file", "channels": [0],
+                              "source": f"/data/LibriSpeech/train-960/{spk}/{chapter}/{uid}.flac"}],
+                              "sampling_rate": 16000, "num_samples": int(dur * 16000), "duration": round(dur, 3),
+                              "channel_ids": [0]},
+            }) + "\n")
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MB, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def memory_child(manifest: str, mode: str, batches: int) -> None:
+    """Run in a fresh process: print the RSS growth (MB) of loading + sampling ``manifest``."""
+    from lhotse import CutSet
+
+    from datamodules.sampling import DurationBucketingSampler
+
+    base, _ = rss_mb()
+    if mode == "lazy":
+        cuts = CutSet.from_jsonl_lazy(manifest)
+        sampler = DurationBucketingSampler(cuts, MAX_DURATION, num_buckets=30, shuffle=True)
+        for _, _ in zip(range(batches), sampler):  # fills the bucket buffer (20k cuts) and keeps streaming
+            pass
+    else:
+        cuts = CutSet.from_file(manifest).to_eager()
+        assert len(cuts) > 0
+    _, peak = rss_mb()
+    print(json.dumps({"delta_mb": peak - base}))
+
+
+def measure_memory(manifest: Path, mode: str, batches: int = 400) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(manifest), mode, str(batches)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["delta_mb"]
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def row(name: str, value: float, goal: float, unit: str, higher_is_better: bool, reference: bool = False) -> str:
+    ratio = value / goal if higher_is_better else goal / max(value, 1e-9)
+    status = "(ref)" if reference else "ok" if ratio >= 1.0 else "MISSED"
+    op = ">=" if higher_is_better else "<="
+    return f"| {name:<44} | {value:>10.1f} {unit:<4} | {op} {goal:>7.1f} {unit:<4} | {ratio:>6.2f}x | {status:<6} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="where to write the generated data (default: temp)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    parser.add_argument("--memory-child", nargs=3, metavar=("MANIFEST", "MODE", "BATCHES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
+        return
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from datamodules import CommonVoiceCorpus, LibriSpeechCorpus
+
+    scale = 0.25 if args.quick else 1.0
+    tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
+    work = args.workdir or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+
+    print("generating audio ...", flush=True)
+    ls_root = write_librispeech(work / "ls", int(60 * scale), (30, 40))   # ~10-14 s utterances
+    cv_root = write_commonvoice(work / "cv", int(100 * scale), (10, 16))  # ~4-6 s clips at 48 kHz
+    ls_audio, ls_wall, ls_all = loader_throughput(LibriSpeechCorpus(ls_root, ["train-clean-100"]), work / "cache", 3)
+    cv_audio, cv_wall, cv_all = loader_throughput(CommonVoiceCorpus(cv_root, "en", "train"), work / "cache", 3)
+    rows.append(row("loader FLAC 16k, audio s / wall s / worker", ls_audio / ls_wall, 1000, "x", True))
+    rows.append(row("loader MP3 48k->16k, audio s / wall s / worker", cv_audio / cv_wall, 400, "x", True))
+    print(f"  FLAC: {ls_audio:.0f} s audio, epochs {[round(t, 3) for t in ls_all]} s; "
+          f"MP3: {cv_audio:.0f} s audio, epochs {[round(t, 3) for t in cv_all]} s", flush=True)
+
+    print("padding study ...", flush=True)
+    bucket_ls, bucket_cv, random_ls = padding_study(int(20000 * scale))
+    rows.append(row("padded frames, bucketing (LibriSpeech-like)", 100 * bucket_ls, 5.0, "%", False))
+    rows.append(row("padded frames, bucketing (Common Voice-like)", 100 * bucket_cv, 5.0, "%", False))
+    rows.append(row("padded frames, random batching (LibriSpeech)", 100 * random_ls, 5.0, "%", False, reference=True))
+
+    print("manifest memory ...", flush=True)
+    n = int(280_000 * scale)
+    manifest, small = work / "index.jsonl.gz", work / "index-small.jsonl.gz"
+    write_manifest(manifest, n)
+    write_manifest(small, n // 10)
+    lazy_mb = measure_memory(manifest, "lazy")
+    eager_mb = 10 * measure_memory(small, "eager")
+    rows.append(row(f"manifest+sampler, {n // 1000}k utts, lazy jsonl", lazy_mb, 150, "MB", False))
+    rows.append(row(f"eager CutSet, {n // 1000}k utts ({n // 10000}k x 10)", eager_mb, 150, "MB", False, reference=True))
+
+    print()
+    print(f"| {'measure':<44} | {'value':>15} | {'goal':>15} | {'ratio':>7} | status |")
+    print(f"|{'-' * 46}|{'-' * 17}|{'-' * 17}|{'-' * 9}|--------|")
+    print("\n".join(rows))
+    print(f"\nratio = value/goal (throughput) or goal/value (padding, memory); >= 1 meets the goal. "
+          f"Total {time.perf_counter() - t0:.0f} s.")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Training callbacks: gradual unfreezing (DDP/resume safe), W&B extras, audio throughput."""
+
+from callbacks.grad_sync import GradSync
+from callbacks.throughput import AudioThroughput
+from callbacks.unfreeze import GradualUnfreezing
+from callbacks.wandb_extras import WandbLayerWeights, WandbValidationSamples
+
+__all__ = ["AudioThroughput", "GradSync", "GradualUnfreezing", "WandbLayerWeights", "WandbValidationSamples"]

@@ -1,0 +1,183 @@
+"""``summary.json``: what a run was and how well it did, kept current while it trains.
+
+Written to ``trainer.default_root_dir`` (the run directory) by global rank 0 after every validation
+(so a killed run still has one), at fit end, and when fit raises. The best values, the largest
+trainable-parameter count and the wall time travel in the checkpoint (callback state), so a resumed
+run continues them. Schema (JSON)::
+
+    {"status": "running" | "finished" | "failed" | "interrupted" | "pruned",
+     "method": "finetune", "module_class": "lightning_modules.finetune.FineTuneCTC",
+     "backbone": {"class": "...", "name": "...", "identity": "..."} | null,
+     "data": <datamodule.describe()> | {"class": "...", "val_domains": [...]},
+     "labelled_target_minutes": 10.0 | null,
+     "trainable_params": 1234, "max_trainable_params": 1234, "total_params": 5678,
+     "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
+     "best": {"val/target/wer": {"value": 0.31, "step": 180}, ...},
+     "monitor_mode": "min", "updated": "2025-01-01T12:00:00"}
+
+At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
+``WandbLogger`` is attached), so ``speechxfer compare`` reads W&B runs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "summary.json"
+BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
+
+
+def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe_backbone(pl_module: LightningModule) -> dict[str, Any] | None:
+    """Class, name and cache ``identity`` of ``pl_module.backbone``; None without a backbone."""
+    backbone = getattr(pl_module, "backbone", None)
+    if backbone is None:
+        return None
+    cls = type(backbone)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "name": getattr(backbone, "name", cls.__name__),
+        "identity": getattr(backbone, "identity", None),
+    }
+
+
+def describe_data(datamodule: Any) -> Any:
+    """``datamodule.describe()`` when it exists, else its class name and validation domains."""
+    if datamodule is None:
+        return None
+    describe = getattr(datamodule, "describe", None)
+    if callable(describe):
+        return describe()
+    return {"class": type(datamodule).__name__, "val_domains": list(getattr(datamodule, "val_domains", []) or [])}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON via a temporary file + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunSummary(Callback):
+    """Keeps ``<default_root_dir>/summary.json`` (see module docstring) up to date.
+
+    Args:
+        filename: file name inside the run directory.
+        metric_pattern: regex of the validation metrics whose best (lowest) value is tracked.
+    """
+
+    def __init__(self, filename: str = SUMMARY_FILE, metric_pattern: str = BEST_METRIC.pattern) -> None:
+        self.filename = filename
+        self.metric_pattern = re.compile(metric_pattern)
+        self.best: dict[str, dict[str, float | int]] = {}
+        self.max_trainable_params = 0
+        self.previous_wall_time_s = 0.0  # earlier sessions of a resumed run
+        self._start: float | None = None
+        self._static: dict[str, Any] = {}
+
+    # --- Lightning hooks -------------------------------------------------------------------
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.monotonic()
+        self._track_trainable(pl_module)
+        dm = trainer.datamodule
+        self._static = {
+            "method": getattr(pl_module, "method", type(pl_module).__name__),
+            "module_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "backbone": describe_backbone(pl_module),
+            "data": describe_data(dm),
+            "labelled_target_minutes": getattr(dm, "labelled_target_minutes", None),
+            "total_params": count_params(pl_module),
+        }
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._track_trainable(pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self._start is None:
+            return
+        self._update_best(trainer)
+        self._write(trainer, pl_module, "running")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._track_trainable(pl_module)
+        payload = self._write(trainer, pl_module, "finished")
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.summary["speechxfer"] = json.loads(json.dumps(payload, default=str))
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self._start is not None:
+            status = "failed"
+            if isinstance(exception, KeyboardInterrupt):
+                status = "interrupted"
+            elif type(exception).__name__ == "TrialPruned":  # optuna sweeps stop bad trials early
+                status = "pruned"
+            self._write(trainer, pl_module, status, error=f"{type(exception).__name__}: {exception}")
+
+    # --- checkpointed state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "max_trainable_params": self.max_trainable_params,
+            "wall_time_s": self.wall_time_s(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+        self.max_trainable_params = int(state_dict.get("max_trainable_params", 0))
+        self.previous_wall_time_s = float(state_dict.get("wall_time_s", 0.0))
+
+    # --- helpers ---------------------------------------------------------------------------
+    def wall_time_s(self) -> float:
+        """Seconds of fitting so far, earlier sessions of a resumed run included."""
+        session = 0.0 if self._start is None else time.monotonic() - self._start
+        return self.previous_wall_time_s + session
+
+    def _track_trainable(self, pl_module: LightningModule) -> None:
+        self.max_trainable_params = max(self.max_trainable_params, count_params(pl_module, trainable_only=True))
+
+    def _update_best(self, trainer: Trainer) -> None:
+        for name, value in trainer.callback_metrics.items():
+            if not self.metric_pattern.match(name):
+                continue
+            value = float(value)
+            if value == value and (name not in self.best or value < self.best[name]["value"]):
+                self.best[name] = {"value": value, "step": int(trainer.global_step)}
+
+    def summary(self, trainer: Trainer, pl_module: LightningModule, status: str) -> dict[str, Any]:
+        """The summary dict (see module docstring)."""
+        return {
+            "status": status,
+            **self._static,
+            "trainable_params": count_params(pl_module, trainable_only=True),
+            "max_trainable_params": self.max_trainable_params,
+            "wall_time_s": round(self.wall_time_s(), 3),
+            "global_step": int(trainer.global_step),
+            "epoch": int(trainer.current_epoch),
+            "best": dict(sorted(self.best.items())),
+            "monitor_mode": "min",
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, status: str, **extra: Any) -> dict[str, Any]:
+        payload = {**self.summary(trainer, pl_module, status), **extra}
+        if trainer.is_global_zero:
+            write_json_atomic(Path(trainer.default_root_dir) / self.filename, payload)
+        return payload

@@ -1,0 +1,139 @@
+"""Weights & Biases extras: validation transcripts with audio, featurizer layer weights as a bar chart.
+
+Both callbacks act only when a ``WandbLogger`` is attached, only on global rank 0 and never during the
+sanity check; without a ``WandbLogger`` they do nothing (one debug log line). Metrics such as the DANN
+λ (``train/lambda``) or per-layer weights (``layer_weights/<layer>``) are logged by the modules
+themselves and reach W&B through the logger like every other metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = ["domain", "id", "audio", "reference", "hypothesis"]
+
+
+def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
+    """The first ``WandbLogger`` among ``trainer.loggers``, else None."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def val_domain_name(trainer: pl.Trainer, dataloader_idx: int) -> str:
+    """``datamodule.val_domains[dataloader_idx]`` (ARCHITECTURE.md), else "source" / the index."""
+    domains = getattr(trainer.datamodule, "val_domains", None) or []
+    if dataloader_idx < len(domains):
+        return str(domains[dataloader_idx])
+    return "source" if dataloader_idx == 0 else str(dataloader_idx)
+
+
+class _WandbOnly(Callback):
+    """Shared gate: the WandbLogger to use now, or None (logs once at debug level why not)."""
+
+    def __init__(self) -> None:
+        self._said_noop = False
+
+    def _logger(self, trainer: pl.Trainer) -> WandbLogger | None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return None
+        logger = find_wandb_logger(trainer)
+        if logger is None and not self._said_noop:
+            log.debug("%s: no WandbLogger attached; doing nothing", type(self).__name__)
+            self._said_noop = True
+        return logger
+
+
+class WandbValidationSamples(_WandbOnly):
+    """Each validation, a ``wandb.Table`` (domain, id, audio, reference, hypothesis) per run.
+
+    Takes the first ``num_samples`` labelled utterances of every val dataloader (first batch(es)),
+    transcribes them with ``pl_module.transcribe(audio (B, T), lengths (B,)) -> list[str]`` and logs
+    the table under ``key`` at the current global step. Audio is trimmed to its valid length.
+
+    Args:
+        num_samples: utterances per val dataloader.
+        key: W&B key of the table.
+        sample_rate: audio rate; default ``trainer.datamodule.sample_rate`` or 16000.
+    """
+
+    def __init__(self, num_samples: int = 4, key: str = "val/samples", sample_rate: int | None = None) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"WandbValidationSamples: num_samples must be >= 1, got {num_samples}")
+        self.num_samples, self.key, self.sample_rate = num_samples, key, sample_rate
+        self._rows: list[list[Any]] = []
+        self._taken: dict[int, int] = {}
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows, self._taken = [], {}
+
+    @torch.no_grad()
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        need = self.num_samples - self._taken.get(dataloader_idx, 0)
+        if need <= 0 or not isinstance(batch, dict) or "texts" not in batch or self._logger(trainer) is None:
+            return
+        import wandb
+
+        n = min(need, len(batch["texts"]))
+        audio, lengths = batch["audio"][:n], batch["lengths"][:n]
+        hypotheses = pl_module.transcribe(audio, lengths)
+        rate = self.sample_rate or getattr(trainer.datamodule, "sample_rate", None) or 16000
+        domain = val_domain_name(trainer, dataloader_idx)
+        ids = batch.get("ids") or [f"{domain}-{batch_idx}-{i}" for i in range(n)]
+        for i in range(n):
+            wave = audio[i, : int(lengths[i])].float().cpu().numpy()
+            self._rows.append([domain, ids[i], wandb.Audio(wave, sample_rate=rate), batch["texts"][i],
+                               hypotheses[i]])
+        self._taken[dataloader_idx] = self._taken.get(dataloader_idx, 0) + n
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = self._logger(trainer)
+        if logger is not None and self._rows:
+            logger.log_table(self.key, columns=SAMPLE_COLUMNS, data=self._rows, step=trainer.global_step)
+        self._rows = []
+
+
+def featurizer_weights(pl_module: pl.LightningModule) -> torch.Tensor | None:
+    """(L,) softmax layer weights of ``pl_module.featurizer`` (``layer_weights()`` or a callable
+    ``weights()``), or None when the featurizer has no learnable layer weights."""
+    featurizer = getattr(pl_module, "featurizer", None)
+    for name in ("layer_weights", "weights"):
+        fn = getattr(featurizer, name, None)
+        if callable(fn):  # WeightedLayerSum.weights is the raw Parameter: not callable
+            return fn().detach().float().cpu()
+    return None
+
+
+class WandbLayerWeights(_WandbOnly):
+    """At every training-epoch end, the featurizer's softmax layer weights as a W&B bar chart.
+
+    Bars are labelled by backbone layer index (``pl_module.layers`` when present). Per-layer scalars
+    ``layer_weights/<layer>`` are logged by the module itself. No-op for featurizers without weights.
+    """
+
+    def __init__(self, key: str = "layer_weights/chart") -> None:
+        super().__init__()
+        self.key = key
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = self._logger(trainer)
+        weights = featurizer_weights(pl_module) if logger is not None else None
+        if weights is None:
+            return
+        import wandb
+
+        labels = list(getattr(pl_module, "layers", None) or range(len(weights)))
+        table = wandb.Table(columns=["layer", "weight"],
+                            data=[[str(layer), float(w)] for layer, w in zip(labels, weights.tolist())])
+        chart = wandb.plot.bar(table, "layer", "weight", title="featurizer layer weights")
+        logger.log_metrics({self.key: chart}, step=trainer.global_step)

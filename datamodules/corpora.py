@@ -1,0 +1,33 @@
+"""Speech corpora as lhotse ``CutSet``s: one 16 kHz ``MonoCut`` per utterance.
+
+``Corpus`` (``corpus_base.py``) scans once, reading audio headers only (+ a tail decode that
+catches truncated files), caches the manifest as lhotse ``jsonl.gz`` keyed by a fingerprint of
+the sources (``manifest_cache.py``), and subsets deterministically (``max_minutes`` + ``seed``).
+
+Bad-input policy (``on_bad_input``), reasons in ``datamodules/errors.py``:
+
+- ``"error"``: the first problem raises ``BadInputError("<file>[:line]: <reason>: <detail>")``;
+- ``"skip"``: the item is dropped, counted in ``corpus.skipped[reason]`` and reported in one
+  WARNING summary line (also on cache hits);
+- either way, a corpus with no usable utterance left raises ``no_usable_utterances``.
+
+Audio policies: multi-channel files are bad input (``multichannel_audio``; both corpora are mono
+and lhotse has no lazy downmix for a ``MonoCut``); an unexpected sample rate (e.g. an 8 kHz FLAC
+in LibriSpeech) is resampled lazily to 16 kHz and counted in ``corpus.notes``; a 0-byte file,
+0-sample audio, an unreadable or a truncated file are bad input.
+"""
+
+from datamodules.commonvoice import CommonVoiceCorpus
+from datamodules.corpus_base import SAMPLE_RATE, Corpus, subset_by_minutes
+from datamodules.errors import BadInputError, OOVError
+from datamodules.librispeech import LibriSpeechCorpus
+
+__all__ = [
+    "SAMPLE_RATE",
+    "BadInputError",
+    "CommonVoiceCorpus",
+    "Corpus",
+    "LibriSpeechCorpus",
+    "OOVError",
+    "subset_by_minutes",
+]

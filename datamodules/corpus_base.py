@@ -1,0 +1,175 @@
+"""``Corpus``: scan once (headers only), cache the manifest, subset deterministically.
+
+Subclasses implement three small hooks:
+
+- ``_check_layout(policy) -> state``: structural checks (root, subset, TSV present) run on every
+  call, cheap;
+- ``_fingerprint_entries(state)``: what the cache key hashes (stat of every source file);
+- ``_scan(state, policy) -> list[MonoCut]``: the expensive part, run only on a cache miss; its
+  skip/note counts are cached next to the manifest so a cache hit reports them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from lhotse import CutSet, Recording, SupervisionSegment
+from lhotse.cut import MonoCut
+
+from datamodules import errors as E
+from datamodules.manifest_cache import ManifestCache, default_cache_dir, fingerprint
+
+logger = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+
+
+def make_cut(rec: Recording, text: str, speaker: str, language: str, custom: dict) -> MonoCut:
+    """One ``MonoCut`` (id = recording id) with one supervision, lazily resampled to 16 kHz."""
+    sup = SupervisionSegment(
+        id=rec.id,
+        recording_id=rec.id,
+        start=0.0,
+        duration=rec.duration,
+        channel=0,
+        text=text,
+        speaker=speaker,
+        language=language,
+        custom=custom,
+    )
+    cut = rec.to_cut()
+    cut.supervisions = [sup]
+    return cut.resample(SAMPLE_RATE) if rec.sampling_rate != SAMPLE_RATE else cut
+
+
+def read_text_lines(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line number, line, problem)`` for each non-blank line; ``problem`` names undecodable bytes.
+
+    Decoding with ``surrogateescape`` lets one bad line be reported (or skipped) with its line
+    number instead of failing the whole file.
+    """
+    out = []
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                out.append((lineno, line, utf8_problem(line)))
+    return out
+
+
+def utf8_problem(text: str) -> str | None:
+    """``None`` for valid UTF-8 text read with ``surrogateescape``, else which byte is bad."""
+    for col, ch in enumerate(text):
+        if "\udc80" <= ch <= "\udcff":
+            return f"not valid UTF-8 (byte 0x{ord(ch) - 0xDC00:02x} at column {col + 1})"
+    return None
+
+
+def subset_by_minutes(cuts: CutSet, max_minutes: float, seed: int) -> CutSet:
+    """Deterministic random subset of at most ``max_minutes`` of audio.
+
+    Utterances are sorted by id, shuffled with ``random.Random(seed)`` and taken in that order
+    while the total stays within budget; the first utterance that does not fit ends the subset.
+    Taking a prefix makes budgets nested: with one seed, the 10-minute subset is contained in the
+    60-minute one. The result keeps id order.
+    """
+    if max_minutes <= 0:
+        raise ValueError(f"max_minutes must be > 0, got {max_minutes}")
+    order = sorted(cuts, key=lambda c: c.id)
+    random.Random(seed).shuffle(order)
+    budget, total, chosen = max_minutes * 60.0, 0.0, []
+    for cut in order:
+        if total + cut.duration > budget:
+            break
+        total += cut.duration
+        chosen.append(cut)
+    if not chosen:
+        raise ValueError(
+            f"max_minutes={max_minutes} is shorter than the first sampled utterance "
+            f"({order[0].id}, {order[0].duration:.2f} s)"
+        )
+    return CutSet.from_cuts(sorted(chosen, key=lambda c: c.id))
+
+
+class Corpus:
+    """Base of the corpora; ``cuts()`` is the only public entry point.
+
+    Args:
+        on_bad_input: ``"error"`` raises :class:`~datamodules.errors.BadInputError` at the first
+            problem; ``"skip"`` drops bad items, counts them per reason in ``self.skipped`` and logs
+            one summary line. ``self.notes`` counts kept-but-fixed items (resampled odd rates).
+        max_minutes: keep a deterministic random subset of at most this many minutes.
+        seed: seed of that subset.
+    """
+
+    corpus_name = "corpus"
+    expected_sample_rates: tuple[int, ...] = (SAMPLE_RATE,)
+
+    def __init__(self, on_bad_input: str = "error", max_minutes: float | None = None, seed: int = 0):
+        self.on_bad_input = E.check_on_bad_input(on_bad_input)
+        if max_minutes is not None and max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0 or None, got {max_minutes}")
+        self.max_minutes, self.seed = max_minutes, seed
+        self.skipped: Counter[str] = Counter()
+        self.notes: Counter[str] = Counter()
+        self.root = Path(".")
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """JSON-safe settings that change the scanned manifest (part of the cache key)."""
+        return {"class": type(self).__name__, "on_bad_input": self.on_bad_input}
+
+    def cache_name(self) -> str:
+        return self.corpus_name
+
+    def _check_layout(self, policy: E.BadInputPolicy):
+        raise NotImplementedError
+
+    def _fingerprint_entries(self, state) -> Iterable:
+        raise NotImplementedError
+
+    def _scan(self, state, policy: E.BadInputPolicy) -> list[MonoCut]:
+        raise NotImplementedError
+
+    # -- public ----------------------------------------------------------------------------------
+    def cuts(self, cache_dir: str | Path | None = None) -> CutSet:
+        """All usable utterances as 16 kHz ``MonoCut``s (sorted by id), from cache when sources are unchanged.
+
+        Raises :class:`~datamodules.errors.BadInputError` under ``on_bad_input="error"`` at the first
+        problem, and under either mode when no usable utterance is left.
+        """
+        policy = E.BadInputPolicy(self.on_bad_input, repr(self))
+        state = self._check_layout(policy)
+        cuts = CutSet.from_cuts([])
+        if state is not None:
+            cuts = self._cached_scan(state, policy, cache_dir)
+        self.skipped, self.notes = Counter(policy.skipped), Counter(policy.notes)
+        policy.log_summary(logger)
+        if len(cuts) == 0:
+            raise E.BadInputError(self.root, E.NO_UTTERANCES, f"no usable utterances; {policy.summary()}")
+        if self.max_minutes is not None:
+            cuts = subset_by_minutes(cuts, self.max_minutes, self.seed)
+        return cuts
+
+    def _cached_scan(self, state, policy: E.BadInputPolicy, cache_dir) -> CutSet:
+        cache = ManifestCache(cache_dir if cache_dir is not None else default_cache_dir(self.root))
+        key = fingerprint(self.config(), self._fingerprint_entries(state))
+        hit = cache.load(self.cache_name(), key)
+        if hit is not None:
+            cuts, meta = hit
+            logger.debug("%r: manifest from cache %s", self, cache.paths(self.cache_name(), key)[0])
+        else:
+            scan_policy = E.BadInputPolicy(self.on_bad_input, repr(self))
+            cuts = CutSet.from_cuts(sorted(self._scan(state, scan_policy), key=lambda c: c.id))
+            meta = scan_policy.state()
+            path = cache.save(self.cache_name(), key, cuts, meta)
+            logger.info("%r: scanned %d utterances, manifest cached at %s", self, len(cuts), path)
+        policy.merge(meta["skipped"], meta["notes"], meta["examples"])
+        return cuts
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "class")
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,202 @@
+"""``SpeechDataset`` (CutSet -> batch dict, lhotse style) and the manifest-time label checks.
+
+The sampler yields a ``CutSet`` per batch; ``dataset[cuts]`` loads the audio at 16 kHz, applies
+waveform augmentation (training only), normalises + tokenises the text (labelled mode only) and
+returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
+
+Bad input (``on_bad_input``): ``"error"`` raises ``BadInputError`` naming the utterance/file and
+the reason; ``"skip"`` drops the utterance, counts it per reason (``.skipped``) and logs it.
+Label problems are found before sampling by ``check_labels`` so the sampler never builds a batch
+around an unusable utterance; audio that fails to decode can only be found at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from collections import Counter
+from typing import Any, Protocol
+
+import torch
+from lhotse import CutSet
+from torch.utils.data import Dataset
+
+from datamodules.augment import WaveformAugmentation
+from datamodules.batch import audio_key, make_batch
+from datamodules.errors import BadInputError, check_on_bad_input
+
+log = logging.getLogger(__name__)
+
+OOV = "oov_character"
+EMPTY_LABEL = "empty_label"
+TOO_SHORT = "too_short_for_ctc"
+DECODE_FAILED = "audio_decode_failed"
+
+
+class Tokenizer(Protocol):
+    """What the dataset needs from ``datamodules.text`` tokenizers."""
+
+    def normalize(self, text: str) -> str: ...
+
+    def encode(self, text: str, utt_id: str | None = None) -> list[int]: ...
+
+
+def cut_text(cut: Any) -> str:
+    """Raw transcript of a cut (its supervisions' texts joined by a space)."""
+    return " ".join(s.text for s in cut.supervisions if s.text)
+
+
+def cut_path(cut: Any) -> str:
+    """The audio source a cut reads (file path, URL, ...), for error messages."""
+    recording = getattr(cut, "recording", None)
+    return recording.sources[0].source if recording is not None else f"<{type(cut).__name__} {cut.id}>"
+
+
+def ctc_min_frames(token_ids: list[int]) -> int:
+    """Fewest encoder frames a CTC alignment needs: one per token plus a blank between repeats."""
+    repeats = sum(a == b for a, b in zip(token_ids, token_ids[1:]))
+    return len(token_ids) + repeats
+
+
+def encode_label(cut: Any, tokenizer: Tokenizer) -> tuple[str, list[int]]:
+    """(normalised text, token ids); raises ``BadInputError`` naming the utterance and its file."""
+    text = tokenizer.normalize(cut_text(cut))
+    try:
+        ids = tokenizer.encode(text, utt_id=cut.id)
+    except BadInputError as e:
+        raise BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", OOV, e.detail or str(e)) from e
+    if not ids:
+        raise BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", EMPTY_LABEL, "transcript is empty after normalisation")
+    return text, ids
+
+
+def label_problem(cut: Any, tokenizer: Tokenizer, frames_per_second: float,
+                  max_speed: float = 1.0) -> BadInputError | None:
+    """The reason ``cut`` cannot be a CTC training example, or ``None``.
+
+    A clip of ``d`` seconds gives ``floor(d / max_speed * frames_per_second)`` encoder frames
+    (``max_speed`` > 1 when speed perturbation may shorten it); CTC needs ``ctc_min_frames``.
+    """
+    try:
+        _, ids = encode_label(cut, tokenizer)
+    except BadInputError as e:
+        return e
+    frames = int(cut.duration / max_speed * frames_per_second)
+    if frames < ctc_min_frames(ids):
+        return BadInputError(
+            f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
+            f"{cut.duration:.3f} s gives {frames} frames at {frames_per_second:g}/s "
+            f"(speed <= {max_speed:g}) but its {len(ids)}-token label needs {ctc_min_frames(ids)}",
+        )
+    return None
+
+
+class ExcludeIds:
+    """Picklable ``CutSet.filter`` predicate dropping the given cut ids."""
+
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = frozenset(ids)
+
+    def __call__(self, cut: Any) -> bool:
+        return cut.id not in self.ids
+
+
+def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
+                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts") -> tuple[CutSet, Counter]:
+    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable labels.
+
+    Returns the kept cuts (lazy filter over the input) and the per-reason skip counts.
+    """
+    check_on_bad_input(on_bad_input)
+    bad: set[str] = set()
+    skipped: Counter = Counter()
+    for cut in cuts:
+        problem = label_problem(cut, tokenizer, frames_per_second, max_speed)
+        if problem is None:
+            continue
+        if on_bad_input == "error":
+            raise problem
+        bad.add(cut.id)
+        skipped[problem.reason] += 1
+        log.debug("%s: skipped %s", name, problem)
+    if skipped:
+        log.warning("%s: skipped %d utterance(s) with unusable labels (%s)", name, len(bad),
+                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())))
+    return (cuts.filter(ExcludeIds(bad)) if bad else cuts), skipped
+
+
+class SpeechDataset(Dataset):
+    """``dataset[cuts: CutSet] -> batch dict`` (see ``datamodules.batch``).
+
+    Args:
+        tokenizer: normalises and encodes the transcript; used only when ``labels`` is True
+            (labels-off mode never reads the transcript, so target-domain labels cannot leak or fail).
+        labels: emit ``targets``/``target_lengths``/``texts``.
+        domain: value of ``batch["domain"]`` (0 source, 1 target).
+        augment: waveform augmentation (pass only for training).
+        on_bad_input: "error" | "skip" for audio that fails to decode (and labels, as a safety net).
+        seed: augmentation seed; each batch's RNG is derived from it and the batch's cut ids.
+    """
+
+    def __init__(self, tokenizer: Tokenizer | None = None, labels: bool = True,
+                 domain: int = 0, augment: WaveformAugmentation | None = None, on_bad_input: str = "error",
+                 sample_rate: int = 16000, seed: int = 0) -> None:
+        if labels and tokenizer is None:
+            raise ValueError("a labelled SpeechDataset needs a tokenizer")
+        self.tokenizer = tokenizer if labels else None
+        self.labels, self.domain = labels, domain
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.on_bad_input = check_on_bad_input(on_bad_input)
+        self.sample_rate, self.seed = sample_rate, seed
+        self.skipped: Counter = Counter()  # per process (DataLoader workers count their own)
+
+    def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        cuts = cuts.map(self._resampled) if any(c.sampling_rate != self.sample_rate for c in cuts) else cuts
+        keys = {c.id: audio_key(c) for c in cuts}
+        paths = {c.id: cut_path(c) for c in cuts}
+        rng = random.Random(zlib.crc32(f"{self.seed}|{'|'.join(keys)}".encode()))
+        if self.augment is not None:
+            cuts = self.augment.apply_to_cuts(cuts, rng)
+        kept, waves, texts, token_ids = [], [], [], []
+        for cut in cuts:
+            label = self._label(cut) if self.labels else None
+            wave = self._load(cut, paths[cut.id]) if label is not False else None
+            if wave is None:
+                continue
+            kept.append(cut.id)
+            waves.append(wave)
+            if label is not None:
+                texts.append(label[0])
+                token_ids.append(label[1])
+        if not kept:
+            raise BadInputError(", ".join(sorted(paths.values())), "empty_batch",
+                                "every utterance of this batch was skipped as bad input")
+        if self.augment is not None:
+            waves = self.augment.apply_to_waves(waves, rng)
+        return make_batch(waves, kept, [keys[i] for i in kept], self.domain,
+                          texts=texts if self.labels else None, token_ids=token_ids if self.labels else None)
+
+    def _resampled(self, cut: Any) -> Any:
+        return cut.resample(self.sample_rate) if cut.sampling_rate != self.sample_rate else cut
+
+    def _label(self, cut: Any) -> tuple[str, list[int]] | bool:
+        try:
+            return encode_label(cut, self.tokenizer)
+        except BadInputError as e:
+            return self._bad(e)
+
+    def _load(self, cut: Any, path: str) -> torch.Tensor | None:
+        """(T,) float32 mono waveform, or None when skipped."""
+        try:
+            audio = torch.from_numpy(cut.load_audio()).to(torch.float32)
+        except Exception as e:  # any decoder failure: name the file
+            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {type(e).__name__}: {e}")) or None
+        return audio.mean(dim=0) if audio.dim() == 2 else audio
+
+    def _bad(self, error: BadInputError) -> bool:
+        if self.on_bad_input == "error":
+            raise error
+        self.skipped[error.reason] += 1
+        log.warning("skipped %s", error)
+        return False

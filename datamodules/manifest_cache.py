@@ -1,0 +1,111 @@
+"""Manifest cache: lhotse ``jsonl.gz`` files keyed by a fingerprint of the source files.
+
+The fingerprint hashes the corpus configuration and, for every source file (transcripts, TSVs,
+audio), its relative path, size and ``mtime_ns``: editing or touching any of them changes the key
+and forces a rescan; unchanged sources are never rescanned. Writes are atomic (temporary file in
+the same directory + ``os.replace``) because several DDP ranks may build the same manifest at once:
+a reader sees either no file or a complete one.
+
+Each cache entry is two files: ``<name>-<key>.json`` (skip/note counts of the scan, written first)
+and ``<name>-<key>.jsonl.gz`` (the cuts, written last: its presence commits the entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from lhotse import CutSet
+
+SCHEMA_VERSION = 1  # bump when the scanners change what they put in the manifest
+USER_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "speechxfer"
+LOCAL_CACHE_NAME = ".speechxfer_cache"
+
+
+def stat_entry(path: Path, base: Path) -> tuple[str, int | None, int | None]:
+    """``(relative path, size, mtime_ns)``; size and mtime are ``None`` for a missing file."""
+    rel = os.path.relpath(path, base)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return rel, None, None
+    return rel, st.st_size, st.st_mtime_ns
+
+
+def walk_files(directory: Path, suffixes: tuple[str, ...], base: Path) -> Iterator[tuple]:
+    """``stat_entry`` of every file under ``directory`` whose name ends with one of ``suffixes``, sorted."""
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(suffixes):
+                yield stat_entry(Path(dirpath) / name, base)
+
+
+def fingerprint(config: dict, entries: Iterable) -> str:
+    """16 hex chars of sha256 over the JSON of ``config`` and of each entry (streamed)."""
+    h = hashlib.sha256(json.dumps({"schema": SCHEMA_VERSION, **config}, sort_keys=True).encode())
+    for entry in entries:
+        h.update(json.dumps(entry).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir(root: Path) -> Path:
+    """``<root>/.speechxfer_cache`` when the data folder is writable, else ``~/.cache/speechxfer``."""
+    local = Path(root) / LOCAL_CACHE_NAME
+    if local.is_dir() and os.access(local, os.W_OK):
+        return local
+    if not local.exists() and Path(root).is_dir() and os.access(root, os.W_OK):
+        return local
+    return USER_CACHE_DIR
+
+
+def _atomic_write(final: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``final``, then ``os.replace`` it."""
+    suffix = "".join(final.suffixes)  # lhotse picks the format from the extension (.jsonl.gz)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) so that concurrent readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+class ManifestCache:
+    """Cut manifests of scanned corpora in ``directory``, one entry per (name, fingerprint)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory).expanduser()
+
+    def paths(self, name: str, key: str) -> tuple[Path, Path]:
+        stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) + f"-{key}"
+        return self.directory / f"{stem}.jsonl.gz", self.directory / f"{stem}.json"
+
+    def load(self, name: str, key: str) -> tuple[CutSet, dict] | None:
+        """``(cuts, meta)`` of a committed entry, or ``None`` on a miss."""
+        manifest, meta = self.paths(name, key)
+        if not (manifest.is_file() and meta.is_file()):
+            return None
+        return CutSet.from_file(manifest).to_eager(), json.loads(meta.read_text(encoding="utf-8"))
+
+    def save(self, name: str, key: str, cuts: CutSet, meta: dict) -> Path:
+        """Write an entry atomically; returns the manifest path."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest, meta_path = self.paths(name, key)
+        atomic_write_text(meta_path, json.dumps(meta, sort_keys=True))
+        _atomic_write(manifest, cuts.to_file)
+        return manifest

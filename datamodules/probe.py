@@ -1,0 +1,89 @@
+"""Cheap validation of one audio file: header read + a decode of its last few frames.
+
+A full decode of every file of a corpus at scan time is too slow (LibriSpeech 960 h), but a
+header read alone misses truncated files: a FLAC or MP3 cut short keeps its header frame count
+and only fails (or comes up short) when the missing end is decoded, i.e. in the middle of
+training. So we seek to the end and decode the last ``TAIL_SECONDS``: that finds truncation for
+the price of one block decode.
+
+Policies (documented in ``datamodules/corpora.py``):
+- multi-channel audio is an error (``multichannel_audio``): LibriSpeech and Common Voice are mono
+  by construction, and lhotse has no lazy downmix for a ``MonoCut`` (``MultiCut.to_mono(
+  mono_downmix=True)`` decodes the audio into memory), so a stereo file is a foreign file;
+- an unexpected sample rate is kept, resampled lazily to 16 kHz and counted as a note.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import soundfile as sf
+from lhotse import Recording
+
+from datamodules import errors as E
+
+TAIL_SECONDS = 0.25
+# lhotse tolerates this much length mismatch at load time (LHOTSE_AUDIO_DURATION_MISMATCH_TOLERANCE
+# default 0.025 s); a file missing more than that would fail when loaded.
+TAIL_TOLERANCE_SECONDS = 0.02
+# libsndfile reports SF_COUNT_MAX frames for a FLAC whose header has no length (streamed encoders).
+UNKNOWN_LENGTH = 2**62
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def tail_decodes(path: Path, num_frames: int, sample_rate: int) -> str | None:
+    """Decode the last ``TAIL_SECONDS`` of ``path``; ``None`` if fine, else why not."""
+    want = min(num_frames, max(1, int(TAIL_SECONDS * sample_rate)))
+    try:
+        with sf.SoundFile(str(path)) as f:
+            f.seek(num_frames - want)
+            got = f.read(want, dtype="float32", always_2d=True).shape[0]
+    except Exception as exc:  # libsndfile raises on a FLAC whose frames stop early
+        return f"decoding its last {want} frames failed ({first_line(exc)})"
+    if got < want - int(TAIL_TOLERANCE_SECONDS * sample_rate):
+        return f"header says {num_frames} frames but only {num_frames - want + got} decode"
+    return None
+
+
+def probe_recording(
+    path: Path,
+    recording_id: str,
+    policy: E.BadInputPolicy,
+    expected_sample_rates: tuple[int, ...],
+) -> Recording | None:
+    """A lhotse ``Recording`` (native rate) for a valid mono audio file, else ``None`` after ``policy.bad``.
+
+    Under ``on_bad_input="error"`` the policy raises :class:`~datamodules.errors.BadInputError`.
+    """
+    if path.stat().st_size == 0:
+        policy.bad(path, E.EMPTY_FILE, "file has 0 bytes")
+        return None
+    try:
+        rec = Recording.from_file(path, recording_id=recording_id)
+        if rec.num_samples >= UNKNOWN_LENGTH:
+            # Header without a frame count: count by decoding (lhotse's force_read_audio).
+            rec = Recording.from_file(path, recording_id=recording_id, force_read_audio=True)
+    except Exception as exc:  # lhotse wraps every backend's failure in AudioLoadingError
+        policy.bad(path, E.UNREADABLE_AUDIO, first_line(exc))
+        return None
+    if rec.num_samples == 0:
+        policy.bad(path, E.EMPTY_AUDIO, "audio has 0 samples")
+        return None
+    if rec.num_channels != 1:
+        policy.bad(path, E.MULTICHANNEL_AUDIO, f"{rec.num_channels} channels, expected mono")
+        return None
+    problem = tail_decodes(path, rec.num_samples, rec.sampling_rate)
+    if problem is not None:
+        policy.bad(path, E.TRUNCATED_AUDIO, problem)
+        return None
+    if rec.sampling_rate not in expected_sample_rates:
+        policy.note(
+            path,
+            E.UNEXPECTED_SAMPLE_RATE,
+            f"{rec.sampling_rate} Hz (expected {'/'.join(map(str, expected_sample_rates))}), resampled",
+        )
+    return rec

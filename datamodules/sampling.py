@@ -1,0 +1,137 @@
+"""Duration-bucketed, DDP-even, resumable batch sampling on top of lhotse.
+
+Batches hold at most ``max_duration`` seconds of audio (lhotse ``DynamicBucketingSampler``).
+Every rank builds the same sampler (same seed + epoch => same global batch sequence) and keeps
+batch ``i`` with ``i % world_size == rank``, so ranks see distinct utterances.
+
+Trainer contract: use ``Trainer(use_distributed_sampler=False)`` -- these samplers already shard
+by rank; Lightning must not wrap them in a ``DistributedSampler``.
+
+Lengths: the samplers have no ``__len__`` (the number of dynamic batches is only known after
+sampling an epoch), so Lightning treats the epoch length as unknown and stops at StopIteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+import torch
+from lhotse import CutSet
+from lhotse.dataset.sampling.dynamic_bucketing import DynamicBucketingSampler, estimate_duration_buckets
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+
+def estimate_bins(cuts: Iterable, num_buckets: int, num_cuts: int = 10000) -> list[float]:
+    """Duration bucket boundaries from the first ``num_cuts`` cuts; safe for tiny sets.
+
+    lhotse asserts ``num_buckets <= len(cuts)``; we clamp so a 3-utterance dev set still works.
+    """
+    sample = list(islice(iter(cuts), num_cuts))
+    if not sample:
+        raise ValueError("cannot build a sampler over an empty CutSet")
+    n = min(num_buckets, len(sample))
+    if n < 2:
+        return [max(c.duration for c in sample) + 1.0]
+    return list(estimate_duration_buckets(sample, num_buckets=n)) or [max(c.duration for c in sample) + 1.0]
+
+
+class DurationBucketingSampler(DynamicBucketingSampler):
+    """``DynamicBucketingSampler`` with the two fixes the trainer needs.
+
+    1. Uneven end under DDP: lhotse gives every rank the same number of batches by drawing
+       ``world_size`` batches per step and, when the data runs out mid-step, re-splitting the
+       leftovers; if fewer cuts than ranks remain it DUPLICATES cuts (ids ``<id>_dup<k>``), so two
+       ranks would train on the same utterance.  We drop such a final step on all ranks instead
+       (identically, since every rank computes the same step) and count the dropped cuts in
+       ``dropped_tail_cuts`` -- at most ``world_size - 1`` utterances per epoch.
+    2. Mid-epoch resume: lhotse's own ``state_dict`` counts batches *sampled*, which runs ahead of
+       the batches *trained on* by the DataLoader/Lightning prefetch.  ``fast_forward(epoch, n)``
+       replays the first ``n`` batches of ``epoch`` from metadata only (no audio is read), and the
+       next ``iter()`` continues from there; the caller stores ``n`` from the trainer's progress.
+
+    Args:
+        cuts: lazy or eager ``CutSet``.
+        max_duration: seconds of audio per batch (summed over cuts, before padding).
+        num_buckets: duration buckets (clamped to the number of cuts).
+        shuffle, seed, drop_last: as lhotse; ``set_epoch(e)`` reshuffles deterministically.
+        rank, world_size: pass explicitly (never inferred from environment variables).
+    """
+
+    def __init__(
+        self,
+        cuts: CutSet,
+        max_duration: float,
+        num_buckets: int = 10,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        buffer_size: int = 20000,
+    ) -> None:
+        bins = estimate_bins(cuts, num_buckets)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+            super().__init__(
+                cuts, max_duration=max_duration, duration_bins=bins, shuffle=shuffle, seed=seed,
+                drop_last=drop_last, rank=rank, world_size=world_size, buffer_size=buffer_size,
+            )
+        self.dropped_tail_cuts = 0
+        self._step_sizes: list[int] = []
+
+    def _next_batch(self) -> CutSet:
+        batch = super()._next_batch()
+        self._step_sizes.append(len(batch))
+        return batch
+
+    def __next__(self) -> CutSet:
+        self._step_sizes = []
+        batch = super().__next__()
+        if self.world_size > 1 and sum(self._step_sizes) < self.world_size:
+            # lhotse padded this final step with duplicated cuts: drop it on every rank instead.
+            self.dropped_tail_cuts += sum(self._step_sizes)
+            log.info("sampler: dropped the last %d cut(s) of epoch %d (fewer than %d ranks)",
+                     sum(self._step_sizes), self.epoch, self.world_size)
+            raise StopIteration
+        return batch
+
+    def fast_forward(self, epoch: int, num_batches: int) -> None:
+        """Position the sampler after the first ``num_batches`` batches (of this rank) of ``epoch``."""
+        self.set_epoch(epoch)
+        self.allow_iter_to_reset_state()
+        iter(self)
+        for done in range(num_batches):
+            try:
+                next(self)
+            except StopIteration:
+                raise ValueError(
+                    f"cannot resume at batch {num_batches} of epoch {epoch}: the epoch has only {done} "
+                    "batches (was the data, seed, max_duration or world size changed?)"
+                ) from None
+        self._just_restored_state = True  # lhotse: the next iter() continues instead of restarting
+
+
+def resolve_rank(trainer: Any = None, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit values, else the attached trainer, else torch.distributed, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def make_loader(dataset: Dataset, sampler: DurationBucketingSampler, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """lhotse-style loader: the sampler yields CutSets, the dataset turns each into a batch dict."""
+    return DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+        persistent_workers=num_workers > 0, pin_memory=pin_memory,
+    )

@@ -1,0 +1,133 @@
+"""The ``speechxfer`` command.
+
+Training subcommands are LightningCLI's, driven by one YAML per experiment::
+
+    speechxfer fit --config experiments/quickstart.yaml
+    speechxfer fit --config experiments/quickstart.yaml --print_config
+    speechxfer fit --config experiments/quickstart.yaml --model.init_args.lr 3e-4 --trainer.max_steps 200
+    speechxfer fit --config experiments/quickstart.yaml --run_name r1 --ckpt_path last   # resume
+    speechxfer validate|test --config experiments/quickstart.yaml --ckpt_path runs/.../best.ckpt
+
+Tools with their own arguments::
+
+    speechxfer transcribe --ckpt model.ckpt audio.flac [more files or folders]
+    speechxfer sweep experiments/sweeps/quickstart_lr.yaml --backend optuna
+    speechxfer compare runs/quickstart/* --out report/
+    speechxfer slurm experiments/librispeech_finetune_wav2vec2.yaml --nodes 2 --gpus-per-node 4
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from experiments.runs import checkpoint_callbacks, default_loggers, monitored_metric, resolve_run_dir
+
+TOOLS = {
+    "transcribe": "experiments.transcribe:main",
+    "sweep": "experiments.sweep:main",
+    "compare": "experiments.compare:main",
+    "slurm": "experiments.slurm:main",
+}
+TRAINER_DEFAULTS = {
+    # lhotse's duration samplers shard batches across ranks themselves.
+    "use_distributed_sampler": False,
+}
+
+
+def _vocab_size(datamodule) -> int:
+    return datamodule.vocab_size
+
+
+def _tokenizer_dict(datamodule) -> dict:
+    return datamodule.tokenizer.to_dict()
+
+
+class SpeechCLI(LightningCLI):
+    """LightningCLI plus run directories, default loggers/checkpoints and data → model links."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=str, default="default", help="Run group: runs/<experiment>/")
+        parser.add_argument("--run_name", type=str | None, default=None, help="Run version (default: timestamp)")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Root folder of all runs")
+        parser.add_argument("--wandb", type=bool, default=True, help="Log to W&B (offline without an API key)")
+        parser.add_argument("--wandb_project", type=str, default="speechxfer")
+        parser.add_argument("--checkpoint_every_n_steps", type=int, default=100, help="Refresh last.ckpt this often")
+        parser.add_argument(
+            "--callbacks", type=list[Callback], default=[], help="Experiment callbacks, added to trainer.callbacks"
+        )
+        parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=_vocab_size, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        callbacks += self._get(self.config_init, "callbacks", default=None) or []
+        if trainer_config.get("fast_dev_run"):
+            return self._instantiate_trainer(trainer_config, callbacks)
+
+        resume_last = str(config.get("ckpt_path")) == "last"
+        run_dir = resolve_run_dir(config.runs_dir, config.experiment, config.run_name, resume_last)
+        trainer_config["default_root_dir"] = str(run_dir)
+        if trainer_config.get("logger") in (None, True):
+            trainer_config["logger"] = default_loggers(
+                run_dir, config.experiment, run_tags(self.model, self.datamodule), config.wandb, config.wandb_project
+            )
+        user_callbacks = trainer_config.get("callbacks") or []
+        if trainer_config.get("enable_checkpointing", True) is not False and not any(
+            type(cb).__name__ == "ModelCheckpoint" for cb in user_callbacks
+        ):
+            callbacks += checkpoint_callbacks(
+                run_dir, monitored_metric(self.datamodule), config.checkpoint_every_n_steps
+            )
+        return self._instantiate_trainer(trainer_config, callbacks)
+
+
+def run_tags(model: LightningModule, datamodule: LightningDataModule) -> list[str]:
+    """W&B tags: method, backbone and data domains."""
+    tags = [f"method:{getattr(model, 'method', type(model).__name__)}"]
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        tags.append(f"backbone:{getattr(backbone, 'name', type(backbone).__name__)}")
+    for domain in getattr(datamodule, "val_domains", []) or []:
+        tags.append(f"domain:{domain}")
+    return tags
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True) -> SpeechCLI:
+    """Build (and by default run) the training CLI; ``args`` as on the command line."""
+    return SpeechCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        run=run,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+    )
+
+
+def _load_tool(spec: str) -> Callable[[list[str]], int | None]:
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry: tools by name, everything else goes to LightningCLI."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        return int(_load_tool(TOOLS[args[0]])(args[1:]) or 0)
+    build_cli(None if argv is None else args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

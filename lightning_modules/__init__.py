@@ -1,0 +1,24 @@
+"""LightningModules: the CTC core, its three transfer methods, and ``load_model``.
+
+    CTCModule          backbone → featurizer → head → CTC (ctc.py)
+    FineTuneCTC        pretrained backbone + new head, discriminative lrs (finetune.py)
+    FrozenFeatureCTC   frozen backbone, weighted layer sum, light head, feature cache (frozen.py)
+    DANNCTC            domain-adversarial training with gradient reversal (dann.py)
+    load_model(path)   rebuild any of them from a checkpoint alone (checkpoint.py)
+"""
+
+from lightning_modules.checkpoint import load_model
+from lightning_modules.ctc import CTCModule, greedy_decode
+from lightning_modules.dann import DANNCTC
+from lightning_modules.featurizer import LastLayer, WeightedLayerSum
+from lightning_modules.finetune import FineTuneCTC
+from lightning_modules.frozen import FrozenFeatureCTC
+from lightning_modules.grl import GradientReversal, ganin_lambda, grad_reverse
+from lightning_modules.heads import BiLSTMHead, DomainClassifier, LinearHead
+from lightning_modules.optim import TransferLRScheduler
+
+__all__ = [
+    "BiLSTMHead", "CTCModule", "DANNCTC", "DomainClassifier", "FineTuneCTC", "FrozenFeatureCTC",
+    "GradientReversal", "LastLayer", "LinearHead", "TransferLRScheduler", "WeightedLayerSum",
+    "ganin_lambda", "grad_reverse", "greedy_decode", "load_model",
+]

@@ -1,0 +1,285 @@
+"""The one CTC core: backbone → featurizer → head → CTC loss, greedy decoding, WER/CER.
+
+Transfer methods (``finetune.py``, ``frozen.py``, ``dann.py``) are short subclasses that override
+``hidden_states`` (how layers are obtained), ``backbone_layer_groups`` / ``top_layer_groups``
+(what is optimised) or ``training_step`` (what is minimised).
+
+CTC loss convention: per utterance ``loss / max(target_length, 1)``, averaged over the
+utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
+``zero_infinity=True``; utterances whose alignment is impossible (too few frames) contribute 0
+and are counted in ``train/ctc_infeasible``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from lightning_modules.backbones.base import Backbone
+from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
+from lightning_modules.heads import build_head
+from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups
+
+
+def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
+    """Best path per utterance: argmax over (B, T, V), keep valid frames, collapse repeats, drop blanks."""
+    best = log_probs.argmax(-1).cpu()
+    out = []
+    for row, n in zip(best, lengths.cpu().tolist()):
+        ids = torch.unique_consecutive(row[:n])
+        out.append(ids[ids != blank].tolist())
+    return out
+
+
+def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+    """(B,) CTC loss per utterance divided by its target length (blank 0, zero_infinity)."""
+    losses = F.ctc_loss(log_probs.transpose(0, 1).float(), targets, lengths, target_lengths,
+                        blank=0, reduction="none", zero_infinity=True)
+    return losses / target_lengths.clamp(min=1).to(losses.dtype)
+
+
+def ctc_infeasible(lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+    """(B,) bool: fewer frames than tokens + repeated neighbours (CTC needs a blank between repeats)."""
+    valid = torch.arange(targets.shape[1], device=targets.device)[None, 1:] < target_lengths[:, None]
+    repeats = ((targets[:, 1:] == targets[:, :-1]) & valid).sum(1)
+    return lengths < target_lengths + repeats
+
+
+def tokenizer_from_dict(d: dict) -> Any:
+    """Rebuild a ``datamodules.text`` tokenizer from its ``to_dict()``."""
+    from datamodules import text
+
+    return text.tokenizer_from_dict(d)
+
+
+def _spec_augment(cfg: dict | None) -> nn.Module | None:
+    if not cfg:
+        return None
+    from datamodules.augment import SpecAugment
+
+    return SpecAugment(**cfg)
+
+
+class CTCModule(pl.LightningModule):
+    """CTC speech recogniser on any ``Backbone`` (see ARCHITECTURE.md).
+
+    Args (all plain values except ``backbone``): ``vocab_size`` includes the blank (id 0);
+    ``tokenizer`` is the tokenizer's ``to_dict()`` (else the datamodule's tokenizer is used);
+    ``head`` "linear" | "bilstm" (``head_hidden`` units per direction); ``featurizer`` "last" |
+    "weighted" over ``layers`` (backbone hidden-state indices, negatives allowed; default last /
+    all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
+    group, multiplied by ``layer_decay`` per group below; ``decay`` "linear" | "cosine" |
+    "constant" down to ``min_lr_ratio`` after ``warmup_steps``; ``spec_augment`` kwargs of
+    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only.
+    """
+
+    def __init__(self, backbone: Backbone, vocab_size: int, tokenizer: dict | None = None,
+                 head: Literal["linear", "bilstm"] = "linear", head_hidden: int = 256,
+                 featurizer: Literal["last", "weighted"] = "last", layers: list[int] | None = None,
+                 normalize_layers: bool = False, dropout: float = 0.1, lr: float = 1e-3,
+                 backbone_lr: float | None = None, layer_decay: float | None = None, weight_decay: float = 0.01,
+                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant"] = "linear",
+                 min_lr_ratio: float = 0.0,
+                 spec_augment: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
+        self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
+        self.head = build_head(head, backbone.output_dim, vocab_size, head_hidden, dropout)
+        self.spec_augment = _spec_augment(spec_augment)
+        self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
+        self._tokenizer = tokenizer_from_dict(tokenizer) if tokenizer else None
+        self._weights_restored = False
+
+    # ---------------------------------------------------------------- model
+    def hidden_states(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None
+                      ) -> tuple[list[Tensor], Tensor]:
+        """Selected backbone layers, each (B, T', F), and their lengths (B,). ``keys``: cache keys."""
+        out = self.backbone(audio, lengths)
+        return [out.hidden_states[i] for i in self.layers], out.lengths
+
+    def encode(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None) -> tuple[Tensor, Tensor]:
+        """Shared encoder: (B, T) audio -> features (B, T', F) and lengths (B,)."""
+        layers, out_lengths = self.hidden_states(audio, lengths, keys)
+        return self.featurizer(layers), out_lengths
+
+    def classify(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T', F) -> CTC log-probs (B, T', V); SpecAugment on valid frames in training."""
+        if self.training and self.spec_augment is not None:
+            feats = self.spec_augment(feats, lengths)
+        return self.head(feats, lengths).log_softmax(-1)
+
+    def forward(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None) -> tuple[Tensor, Tensor]:
+        """(B, T) audio, (B,) lengths -> log-probs (B, T', V), output lengths (B,)."""
+        feats, out_lengths = self.encode(audio, lengths, keys)
+        return self.classify(feats, out_lengths), out_lengths
+
+    def ctc_loss(self, log_probs: Tensor, lengths: Tensor, batch: dict) -> Tensor:
+        """Scalar CTC loss of a labelled batch (see module docstring for the convention)."""
+        if "targets" not in batch:
+            raise ValueError(f"batch {batch.get('ids', '?')} has no 'targets': labels are unavailable")
+        return ctc_losses(log_probs, lengths, batch["targets"], batch["target_lengths"]).mean()
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if getattr(dm, "tokenizer", None) is None:
+                raise RuntimeError(f"{type(self).__name__} has no tokenizer: pass tokenizer=<tokenizer.to_dict()> "
+                                   "or attach a datamodule with a .tokenizer")
+            self._tokenizer = dm.tokenizer
+        return self._tokenizer
+
+    def decode(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
+        """Greedy CTC transcripts of (B, T', V) log-probs."""
+        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+
+    @torch.no_grad()
+    def transcribe(self, audio: Tensor, lengths: Tensor) -> list[str]:
+        """(B, T) 16 kHz audio, (B,) lengths -> one greedy transcript per utterance (eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            log_probs, out_lengths = self(audio.to(self.device), lengths.to(self.device))
+        finally:
+            self.train(was_training)
+        return self.decode(log_probs, out_lengths)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
+        loss = self.ctc_loss(log_probs, lengths, batch)
+        self.log_train_stats(loss, lengths, batch)
+        return loss
+
+    def log_train_stats(self, loss: Tensor, lengths: Tensor, batch: dict, name: str = "train/loss") -> None:
+        """Log the loss, the count of infeasible CTC alignments and every group's lr."""
+        size = len(batch["lengths"])
+        self.log(name, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        bad = ctc_infeasible(lengths, batch["targets"], batch["target_lengths"]).sum().float()
+        self.log("train/ctc_infeasible", bad, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=size,
+                 sync_dist=True)
+        for group in self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []:
+            self.log(f"lr/{group['name']}", float(group["lr"]), on_step=True, on_epoch=False, batch_size=size)
+
+    def on_train_epoch_end(self) -> None:
+        if isinstance(self.featurizer, WeightedLayerSum):
+            for layer, w in zip(self.layers, self.featurizer.layer_weights().tolist()):
+                self.log(f"layer_weights/{layer}", w)
+
+    # ---------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _domain(self, stage: str, idx: int) -> str:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, f"{stage}_domains", None) or []
+        if idx < len(names):
+            return names[idx]
+        return "source" if idx == 0 else f"dataloader{idx}"
+
+    def _metric_set(self, stage: str, idx: int) -> tuple[str, MetricCollection]:
+        key = f"{stage}_{idx}"
+        if key not in self.metrics:
+            metrics = MetricCollection({"wer": WordErrorRate(), "cer": CharErrorRate(), "loss": MeanMetric()})
+            self.metrics[key] = metrics.to(self.device)
+        return key, self.metrics[key]
+
+    def _eval_step(self, stage: str, batch: dict, idx: int) -> None:
+        """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP)."""
+        domain, (key, metrics) = self._domain(stage, idx), self._metric_set(stage, idx)
+        log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
+        size = len(batch["lengths"])
+        logged = {}
+        if "targets" in batch:
+            loss = ctc_losses(log_probs, lengths, batch["targets"], batch["target_lengths"])
+            metrics["loss"].update(loss)
+            logged["loss"] = metrics["loss"]
+        if "texts" in batch:
+            hyps = self.decode(log_probs, lengths)
+            for name in ("wer", "cer"):
+                metrics[name].update(hyps, batch["texts"])
+                logged[name] = metrics[name]
+        for name, metric in logged.items():
+            self.log(f"{stage}/{domain}/{name}", metric, on_step=False, on_epoch=True, batch_size=size,
+                     add_dataloader_idx=False, metric_attribute=f"metrics.{key}.{name}")
+
+    # ---------------------------------------------------------------- optimisation
+    def backbone_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """The backbone's groups (bottom → top) as parameter lists."""
+        return [(name, list(module.parameters())) for name, module in self.backbone.layer_groups()]
+
+    def top_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """Groups above the backbone: "featurizer" (if it has parameters), then "head"."""
+        groups = [("featurizer", list(self.featurizer.parameters()))]
+        return [g for g in groups if g[1]] + [("head", list(self.head.parameters()))]
+
+    def layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """All optimised groups, bottom → top; the last one is "head"."""
+        return self.backbone_layer_groups() + self.top_layer_groups()
+
+    def configure_optimizers(self) -> dict:
+        """AdamW, one param group per layer group (all present from step 0) + ``TransferLRScheduler``."""
+        hp = self.hparams
+        backbone, top = self.backbone_layer_groups(), self.top_layer_groups()
+        groups = backbone + top
+        self._check_covered(groups)
+        lrs = base_learning_rates(len(groups), len(backbone), hp.lr, hp.backbone_lr, hp.layer_decay)
+        optimizer = torch.optim.AdamW(build_param_groups(groups, lrs, hp.warmup_steps, hp.weight_decay), lr=hp.lr)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def _check_covered(self, groups: list[tuple[str, list[nn.Parameter]]]) -> None:
+        """Every trainable parameter must be in a layer group, or it would silently never train."""
+        grouped = {id(p) for _, params in groups for p in params}
+        missing = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in grouped]
+        if missing:
+            raise ValueError(f"trainable parameters outside every layer group (check layer_groups()): {missing[:10]}")
+
+    # ---------------------------------------------------------------- checkpoints
+    def setup(self, stage: str) -> None:
+        """Load pretrained backbone weights for a fresh fit.
+
+        Skipped when the weights come from a checkpoint: ``load_from_checkpoint`` / ``load_model`` or
+        ``trainer.ckpt_path = ...`` set before ``fit``. With ``trainer.fit(ckpt_path=...)`` Lightning
+        restores only after ``setup``, so the pretrained weights are loaded and then overwritten.
+        """
+        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
+        if stage == "fit" and not self._weights_restored and not resuming:
+            self.backbone.load_pretrained()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        tokenizer = self.hparams.tokenizer
+        if tokenizer is None and self._tokenizer is None:
+            try:
+                self.tokenizer  # noqa: B018  (resolves the datamodule's tokenizer if any)
+            except RuntimeError:
+                pass
+        if tokenizer is None and self._tokenizer is not None:
+            tokenizer = self._tokenizer.to_dict()
+        cls = type(self)
+        checkpoint["speechxfer"] = {"module_class": f"{cls.__module__}.{cls.__qualname__}",
+                                    "backbone_config": self.backbone.config(), "tokenizer": tokenizer}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._weights_restored = True
+
+
+def import_class(path: str) -> type:
+    """"pkg.module.Class" -> the class."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"expected a dotted class path, got {path!r}")
+    return getattr(importlib.import_module(module), name)

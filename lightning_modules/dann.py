@@ -1,0 +1,74 @@
+"""Domain-adversarial training (DANN, Ganin & Lempitsky 2015) on the CTC core.
+
+Training batches are ``{"source": batch, "target": batch}``. Both go through the shared encoder
+(backbone + featurizer); the CTC loss uses the source only (target labels are never read), and
+both feed ``GradientReversal`` → ``DomainClassifier`` (source = 0, target = 1)::
+
+    loss = ctc(source) + domain_loss_weight · CE(domain)   with the encoder gradient of CE × −λ
+
+λ follows ``lambda_schedule``: "ganin" λ_p = λ_max·(2/(1+exp(−γp)) − 1), p = global_step /
+estimated_stepping_batches, or "constant" λ_max. Validation/test are the core's (per-domain WER).
+The domain classifier is optimised in the "head" param group (lr ``lr``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from torch import Tensor, nn
+
+from lightning_modules.backbones.base import Backbone
+from lightning_modules.ctc import CTCModule
+from lightning_modules.grl import GradientReversal, dann_lambda
+from lightning_modules.heads import DomainClassifier, domain_loss
+
+
+class DANNCTC(CTCModule):
+    """``CTCModule`` + gradient-reversed domain classifier; other args as ``CTCModule``.
+
+    ``domain_level``: "utterance" (masked mean pooling) or "frame" (every valid frame classified).
+    """
+
+    def __init__(self, backbone: Backbone, vocab_size: int, lambda_max: float = 1.0,
+                 lambda_schedule: Literal["ganin", "constant"] = "ganin", gamma: float = 10.0, domain_level: Literal["utterance", "frame"] = "utterance",
+                 domain_hidden: int = 256, domain_loss_weight: float = 1.0, **kwargs) -> None:
+        super().__init__(backbone, vocab_size, **kwargs)
+        dann_lambda(lambda_schedule, 0.0)  # validate the name now, not at the first step
+        self.grl = GradientReversal(0.0)
+        self.domain_classifier = DomainClassifier(backbone.output_dim, domain_hidden, 2, domain_level,
+                                                  self.hparams.dropout)
+
+    def progress(self) -> float:
+        """p in [0, 1]: global step / total optimizer steps (0 when the total is unknown)."""
+        total = self.trainer.estimated_stepping_batches
+        return min(self.global_step / total, 1.0) if math.isfinite(total) and total > 0 else 0.0
+
+    def current_lambda(self) -> float:
+        hp = self.hparams
+        return dann_lambda(hp.lambda_schedule, self.progress(), hp.lambda_max, hp.gamma)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if not isinstance(batch, dict) or not {"source", "target"} <= set(batch):
+            raise ValueError("DANNCTC training batches must be {'source': batch, 'target': batch}; got keys "
+                             f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
+        source, target = batch["source"], batch["target"]
+        feats_s, len_s = self.encode(source["audio"], source["lengths"], source.get("audio_keys"))
+        feats_t, len_t = self.encode(target["audio"], target["lengths"], target.get("audio_keys"))
+        ctc = self.ctc_loss(self.classify(feats_s, len_s), len_s, source)
+        self.grl.lambd = self.current_lambda()
+        logits = [self.domain_classifier(self.grl(f), n) for f, n in ((feats_s, len_s), (feats_t, len_t))]
+        dom_loss, dom_acc = domain_loss(logits, [len_s, len_t])
+        loss = ctc + self.hparams.domain_loss_weight * dom_loss
+        self.log_train_stats(loss, len_s, source)
+        size = len(len_s) + len(len_t)
+        self.log_dict({"train/ctc_loss": ctc, "train/domain_loss": dom_loss, "train/domain_acc": dom_acc},
+                      on_step=True, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/lambda", self.grl.lambd, on_step=True, on_epoch=False, batch_size=size)
+        return loss
+
+    def top_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """As the core, with the domain classifier trained in the "head" group."""
+        groups = super().top_layer_groups()
+        name, head = groups[-1]
+        return groups[:-1] + [(name, head + list(self.domain_classifier.parameters()))]
