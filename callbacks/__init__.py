@@ -1,8 +1,9 @@
-"""Training callbacks: gradual unfreezing (DDP/resume safe), W&B extras, audio throughput."""
+"""Training callbacks: gradual unfreezing (DDP/resume safe), W&B extras, audio throughput, run summary."""
 
 from callbacks.grad_sync import GradSync
+from callbacks.run_summary import RunSummary
 from callbacks.throughput import AudioThroughput
 from callbacks.unfreeze import GradualUnfreezing
 from callbacks.wandb_extras import WandbLayerWeights, WandbValidationSamples
 
-__all__ = ["AudioThroughput", "GradSync", "GradualUnfreezing", "WandbLayerWeights", "WandbValidationSamples"]
+__all__ = ["AudioThroughput", "GradSync", "GradualUnfreezing", "RunSummary", "WandbLayerWeights", "WandbValidationSamples"]

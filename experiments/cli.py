@@ -80,6 +80,7 @@ class SpeechCLI(LightningCLI):
                 run_dir, config.experiment, run_tags(self.model, self.datamodule), config.wandb, config.wandb_project
             )
         user_callbacks = trainer_config.get("callbacks") or []
+        callbacks += default_callbacks(user_callbacks + callbacks)
         if trainer_config.get("enable_checkpointing", True) is not False and not any(
             type(cb).__name__ == "ModelCheckpoint" for cb in user_callbacks
         ):
@@ -87,6 +88,15 @@ class SpeechCLI(LightningCLI):
                 run_dir, monitored_metric(self.datamodule), config.checkpoint_every_n_steps
             )
         return self._instantiate_trainer(trainer_config, callbacks)
+
+
+def default_callbacks(present: list[Callback]) -> list[Callback]:
+    """Callbacks every run gets unless the config already has one of the same type."""
+    from callbacks import AudioThroughput, RunSummary, WandbLayerWeights, WandbValidationSamples
+
+    have = {type(cb) for cb in present}
+    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights]
+    return [cls() for cls in wanted if cls not in have]
 
 
 def run_tags(model: LightningModule, datamodule: LightningDataModule) -> list[str]:

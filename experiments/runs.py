@@ -38,12 +38,24 @@ def resolve_run_dir(runs_dir: str, experiment: str, run_name: str | None, resume
         version = time.strftime("%Y%m%d-%H%M%S")
     run_dir = base / version
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the ranks Lightning launches
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        link_latest(run_dir)
     return run_dir
+
+
+def link_latest(run_dir: Path) -> None:
+    """Point ``<runs_dir>/<experiment>/latest`` at ``run_dir`` (atomically replaced)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name, target_is_directory=True)
+    os.replace(tmp, latest)
 
 
 def latest_resumable_run(experiment_dir: Path) -> Path | None:
     """Newest run of an experiment that has ``checkpoints/last.ckpt`` (for ``--ckpt_path last``)."""
-    runs = [p.parent.parent for p in experiment_dir.glob("*/checkpoints/last.ckpt")]
+    runs = [p.parent.parent for p in experiment_dir.glob("*/checkpoints/last.ckpt") if p.parent.parent.name != "latest"]
     return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
 
 

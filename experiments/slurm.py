@@ -44,14 +44,14 @@ def render_sbatch(
     time: str = "24:00:00",
     partition: str | None = None,
     job_name: str | None = None,
-    output_dir: str = "runs/slurm",
+    output_dir: str | Path = "runs/slurm",
     extra_args: Sequence[str] = (),
     accelerator: str = "gpu",
     *,
     command: Sequence[str] | None = None,
     sbatch_args: Sequence[str] = (),
     env_setup: str | None = None,
-    workdir: str | None = None,
+    workdir: str | Path | None = None,
 ) -> str:
     """Return the text of an sbatch script that trains ``config`` with ``speechxfer fit``.
 
@@ -77,6 +77,45 @@ def render_sbatch(
             default: put the current python's ``bin`` folder first on ``PATH``.
         workdir: job working directory (``--chdir``); default the current directory.
     """
+    gpus_per_node, tasks_per_node, cpus_per_task = resolve_resources(
+        accelerator, gpus_per_node, tasks_per_node, cpus_per_task
+    )
+    if nodes < 1:
+        raise ValueError(f"nodes must be a positive int, got {nodes!r}")
+    job_name = job_name or default_job_name(config)
+    if job_name in _INTERACTIVE_JOB_NAMES:
+        raise ValueError(f"job_name {job_name!r} makes Lightning ignore SLURM; choose another name")
+    workdir = str(Path(workdir or Path.cwd()).resolve())
+    output_dir = str(output_dir)
+    _check_sbatch_values(job_name=job_name, time=time, partition=partition, output_dir=output_dir,
+                         workdir=workdir, sbatch_args=list(sbatch_args))
+
+    program = list(command) if command is not None else ["speechxfer", "fit", "--config", config]
+    trainer_args = f"--trainer.num_nodes={nodes} --trainer.devices={tasks_per_node} --trainer.accelerator={accelerator}"
+    srun_lines = [shlex.join(program)] + ([shlex.join(extra_args)] if extra_args else []) + [trainer_args]
+    fields = {
+        "job_name": job_name,
+        "nodes": nodes,
+        "tasks_per_node": tasks_per_node,
+        "cpus_per_task": cpus_per_task,
+        "gres_line": _sbatch_line("GPUs per node.", f"--gres=gpu:{gpus_per_node}" if gpus_per_node else None,
+                                  "No --gres: CPU job."),
+        "time": time,
+        "partition_line": _sbatch_line("Partition (queue).", f"--partition={partition}" if partition else None,
+                                       "No --partition: the cluster's default partition."),
+        "workdir": workdir,
+        "output_dir": output_dir,
+        "sbatch_extra": "\n".join(f"#SBATCH {arg}" for arg in sbatch_args) or "# (no extra #SBATCH options)",
+        "env_setup": env_setup if env_setup is not None else default_env_setup(),
+        "command": " \\\n    ".join(srun_lines),
+    }
+    return Template(TEMPLATE_PATH.read_text()).substitute(fields)
+
+
+def resolve_resources(
+    accelerator: str, gpus_per_node: int | None, tasks_per_node: int | None, cpus_per_task: int | None
+) -> tuple[int, int, int]:
+    """Fill defaults and validate: returns ``(gpus_per_node, tasks_per_node, cpus_per_task)``."""
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}")
     if gpus_per_node is None:
@@ -89,47 +128,18 @@ def render_sbatch(
         tasks_per_node = gpus_per_node if accelerator == "gpu" else 1
     if cpus_per_task is None:
         cpus_per_task = DEFAULT_CPUS_PER_TASK[accelerator]
-    for name, value in (("nodes", nodes), ("tasks_per_node", tasks_per_node), ("cpus_per_task", cpus_per_task)):
-        if not isinstance(value, int) or value < 1:
+    for name, value in (("tasks_per_node", tasks_per_node), ("cpus_per_task", cpus_per_task)):
+        if value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    job_name = job_name or default_job_name(config)
-    if job_name in _INTERACTIVE_JOB_NAMES:
-        raise ValueError(f"job_name {job_name!r} makes Lightning ignore SLURM; choose another name")
+    return gpus_per_node, tasks_per_node, cpus_per_task
 
-    program = list(command) if command is not None else ["speechxfer", "fit", "--config", config]
-    trainer_args = [
-        f"--trainer.num_nodes={nodes}",
-        f"--trainer.devices={tasks_per_node}",
-        f"--trainer.accelerator={accelerator}",
-    ]
-    fields = {
-        "job_name": job_name,
-        "nodes": str(nodes),
-        "tasks_per_node": str(tasks_per_node),
-        "cpus_per_task": str(cpus_per_task),
-        "gres_line": _sbatch_line(
-            "GPUs per node.", f"--gres=gpu:{gpus_per_node}" if gpus_per_node else None, "No --gres: CPU job."
-        ),
-        "time": time,
-        "partition_line": _sbatch_line(
-            "Partition (queue).", f"--partition={partition}" if partition else None,
-            "No --partition: the cluster's default partition.",
-        ),
-        "workdir": str(Path(workdir or Path.cwd()).resolve()),
-        "output_dir": output_dir,
-        "sbatch_extra": "\n".join(f"#SBATCH {arg}" for arg in sbatch_args)
-        or "# (no extra #SBATCH options)",
-        "env_setup": env_setup if env_setup is not None else default_env_setup(),
-        "command": " \\\n    ".join(
-            [shlex.join(program)] + ([shlex.join(extra_args)] if extra_args else []) + [" ".join(trainer_args)]
-        ),
-    }
-    for name, value in (("job_name", job_name), ("time", time), ("partition", partition or "x"),
-                        ("output_dir", output_dir), ("workdir", fields["workdir"]),
-                        *(("sbatch_args", a) for a in sbatch_args)):
+
+def _check_sbatch_values(sbatch_args: list[str], **values: str | None) -> None:
+    """Values that go on ``#SBATCH`` lines must be single tokens (no spaces, no newlines)."""
+    items = [(k, v) for k, v in values.items() if v is not None] + [("sbatch_args", a) for a in sbatch_args]
+    for name, value in items:
         if not value or re.search(r"\s", value):
             raise ValueError(f"{name} goes on an #SBATCH line and must be non-empty without whitespace: {value!r}")
-    return Template(TEMPLATE_PATH.read_text()).substitute(fields)
 
 
 def default_job_name(config: str) -> str:

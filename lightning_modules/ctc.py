@@ -239,14 +239,14 @@ class CTCModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(build_param_groups(groups, lrs, hp.warmup_steps, hp.weight_decay), lr=hp.lr)
         total = self.trainer.estimated_stepping_batches
         scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _check_covered(self, groups: list[tuple[str, list[nn.Parameter]]]) -> None:
         """Every trainable parameter must be in a layer group, or it would silently never train."""
         grouped = {id(p) for _, params in groups for p in params}
         missing = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in grouped]
         if missing:
-            raise ValueError(f"trainable parameters outside every layer group (check layer_groups()): {missing[:10]}")
+            raise ValueError(f"trainable parameters outside every layer group (see layer_groups()): {missing[:10]}")
 
     # ---------------------------------------------------------------- checkpoints
     def setup(self, stage: str) -> None:

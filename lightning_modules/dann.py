@@ -31,7 +31,8 @@ class DANNCTC(CTCModule):
     """
 
     def __init__(self, backbone: Backbone, vocab_size: int, lambda_max: float = 1.0,
-                 lambda_schedule: Literal["ganin", "constant"] = "ganin", gamma: float = 10.0, domain_level: Literal["utterance", "frame"] = "utterance",
+                 lambda_schedule: Literal["ganin", "constant"] = "ganin", gamma: float = 10.0,
+                 domain_level: Literal["utterance", "frame"] = "utterance",
                  domain_hidden: int = 256, domain_loss_weight: float = 1.0, **kwargs) -> None:
         super().__init__(backbone, vocab_size, **kwargs)
         dann_lambda(lambda_schedule, 0.0)  # validate the name now, not at the first step

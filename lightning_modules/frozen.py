@@ -30,7 +30,8 @@ class FrozenFeatureCTC(CTCModule):
     """``CTCModule`` on a frozen backbone; other args as ``CTCModule`` (default featurizer "weighted")."""
 
     def __init__(self, backbone: Backbone, vocab_size: int, featurizer: Literal["last", "weighted"] = "weighted",
-                 feature_cache_dir: str | None = None, feature_cache_dtype: Literal["float16", "float32"] = "float16", **kwargs) -> None:
+                 feature_cache_dir: str | None = None,
+                 feature_cache_dtype: Literal["float16", "float32"] = "float16", **kwargs) -> None:
         super().__init__(backbone, vocab_size, featurizer=featurizer, **kwargs)
         if feature_cache_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_cache_dtype must be 'float16' or 'float32', got {feature_cache_dtype!r}")
@@ -56,8 +57,9 @@ class FrozenFeatureCTC(CTCModule):
                 rank_zero_warn("FrozenFeatureCTC: the datamodule augments waveforms, so the feature cache is "
                                "disabled for training batches (used for validation/test only)")
             rate = getattr(dm, "sample_rate", None) or self.backbone.sample_rate
-            self.cache = FeatureCache.for_backbone(self.hparams.feature_cache_dir, self.backbone, self.layers, rate,
-                                                   dtype=getattr(torch, self.hparams.feature_cache_dtype))
+            dtype = getattr(torch, self.hparams.feature_cache_dtype)
+            self.cache = FeatureCache.for_backbone(self.hparams.feature_cache_dir, self.backbone, self.layers,
+                                                   rate, dtype=dtype)
             rank_zero_info(f"FrozenFeatureCTC: feature cache at {self.cache.dir}")
 
     def hidden_states(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None

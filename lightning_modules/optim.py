@@ -77,7 +77,8 @@ def decay_factor(step: int, total_steps: float, decay: str = "linear", min_lr_ra
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def group_lr(group: dict, step: int, total_steps: float, decay: str = "linear", min_lr_ratio: float = 0.0) -> float:
+def group_lr(group: dict, step: int, total_steps: float, decay: str = "linear",
+             min_lr_ratio: float = 0.0) -> float:
     """The lr a param group should have at global ``step`` (0 while ``active_since_step`` is None)."""
     since = group.get("active_since_step")
     if since is None:

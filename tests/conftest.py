@@ -74,15 +74,18 @@ class TinyDataModule(pl.LightningDataModule):
         self.val_domains = self.test_domains = list(val_domains)
         self.augments_waveform, self.sample_rate = augments_waveform, 16000
         tok = self.tokenizer
-        source = [tone_batch(c, tok, seed=seed + 100 * i) for i, c in enumerate(chunked(texts(n_train, seed), batch_size))]
+        source = [tone_batch(c, tok, seed=seed + 100 * i)
+                  for i, c in enumerate(chunked(texts(n_train, seed), batch_size))]
         if dann:
             target = [tone_batch(c, tok, shift=target_shift, domain=1, labels=target_labels, seed=seed + 50 + 100 * i)
                       for i, c in enumerate(chunked(texts(n_train, seed + 1), batch_size))]
             source = [{"source": s, "target": t} for s, t in zip(source, target)]
         self.train_batches = source
-        self.val_batches = [[tone_batch(texts(n_val, seed + 7 + d), tok, shift=0.0 if name == "source" else target_shift,
-                                        domain=int(name != "source"), seed=seed + 1000 * (d + 1))]
-                            for d, name in enumerate(val_domains)]
+        self.val_batches = [
+            [tone_batch(texts(n_val, seed + 7 + d), tok, shift=0.0 if name == "source" else target_shift,
+                        domain=int(name != "source"), seed=seed + 1000 * (d + 1))]
+            for d, name in enumerate(val_domains)
+        ]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_batches, batch_size=None)

@@ -61,7 +61,8 @@ def test_padding_does_not_change_logits_or_loss(tokenizer, tiny_batch, head, fea
             alone, alone_len = model(tiny_batch["audio"][i:i + 1, :n], tiny_batch["lengths"][i:i + 1])
             assert alone_len.item() == lengths[i].item()
             assert torch.allclose(alone[0], log_probs[i, : alone.shape[1]], atol=1e-5)
-            loss = ctc_losses(alone, alone_len, tiny_batch["targets"][i:i + 1, :s], tiny_batch["target_lengths"][i:i + 1])
+            targets, target_lengths = tiny_batch["targets"][i:i + 1, :s], tiny_batch["target_lengths"][i:i + 1]
+            loss = ctc_losses(alone, alone_len, targets, target_lengths)
             assert loss.item() == pytest.approx(batch_losses[i].item(), rel=1e-5)
 
 
@@ -96,7 +97,8 @@ def test_layer_groups_and_discriminative_param_groups(tokenizer):
         def on_train_start(self, trainer, pl_module):
             seen.extend({k: v for k, v in g.items() if k != "params"} for g in trainer.optimizers[0].param_groups)
 
-    pl.Trainer(max_steps=1, limit_val_batches=0, callbacks=[Grab()], **QUIET).fit(model, datamodule=TinyDataModule(tokenizer))
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, callbacks=[Grab()], **QUIET)
+    trainer.fit(model, datamodule=TinyDataModule(tokenizer))
     groups = seen
     assert [g["name"] for g in groups] == names
     assert [g["base_lr"] for g in groups] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-2, 1e-2])
@@ -133,7 +135,8 @@ def test_scheduler_warmup_decay_late_activation_and_exact_resume():
     assert lrs[0] == pytest.approx([0.5 * 0.25 * decay(0), 0.0, 0.25 * decay(0)])
     assert lrs[2] == pytest.approx([0.5 * 0.75 * decay(2), 0.0, 0.75 * decay(2)])
     assert lrs[6][2] == pytest.approx(decay(6))
-    assert lrs[10][1] == pytest.approx(0.5 * 0.25 * decay(10)) and lrs[11][1] == pytest.approx(0.5 * 0.5 * decay(11))
+    assert lrs[10][1] == pytest.approx(0.5 * 0.25 * decay(10))
+    assert lrs[11][1] == pytest.approx(0.5 * 0.5 * decay(11))
     # resume: fresh optimizer + scheduler loaded from state dicts continue identically
     opt2 = torch.optim.AdamW(build_param_groups([("a", [params[0]]), ("b", [params[1]]), ("head", [params[2]])],
                                                 [9.0, 9.0, 9.0]))
@@ -187,7 +190,8 @@ def test_setup_loads_pretrained_weights_only_for_fresh_fits(tokenizer, tmp_path,
     assert calls == [1]
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     restored = load_model(tmp_path / "a.ckpt")
-    pl.Trainer(max_steps=1, limit_val_batches=0, **QUIET).fit(restored.train(), datamodule=TinyDataModule(tokenizer))
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, **QUIET)
+    trainer.fit(restored.train(), datamodule=TinyDataModule(tokenizer))
     assert calls == [1]
 
 
@@ -216,3 +220,22 @@ def test_load_model_rejects_foreign_checkpoints(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
     with pytest.raises(ValueError, match="not a speechxfer checkpoint"):
         load_model(tmp_path / "x.ckpt")
+
+
+def test_resume_from_checkpoint_continues_exactly(tokenizer, tmp_path):
+    """4 steps + checkpoint + 4 more == 8 straight steps (weights and lrs), validation results included."""
+    def run(steps: int, ckpt_path=None) -> CTCModule:
+        pl.seed_everything(0)
+        model = module(tokenizer, decay="cosine", warmup_steps=3, featurizer="weighted")
+        trainer = pl.Trainer(max_steps=steps, num_sanity_val_steps=0, **QUIET)
+        trainer.fit(model, datamodule=TinyDataModule(tokenizer, val_domains=("source", "target")), ckpt_path=ckpt_path)
+        if steps == 4:
+            trainer.save_checkpoint(tmp_path / "half.ckpt")
+        return model
+
+    straight = run(8)
+    run(4)
+    resumed = run(8, ckpt_path=tmp_path / "half.ckpt")
+    assert [g["lr"] for g in resumed.optimizers().param_groups] == [g["lr"] for g in straight.optimizers().param_groups]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -40,7 +40,8 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ fine-tuning
 def test_finetune_trains_with_permanently_frozen_feature_encoder(tokenizer, tmp_path):
     torch.manual_seed(0)
-    pretrained = save_backbone_weights(TorchaudioBackbone("WAV2VEC2_XLSR53", config_overrides=TINY_W2V2), tmp_path / "w.pt")
+    random_init = TorchaudioBackbone("WAV2VEC2_XLSR53", config_overrides=TINY_W2V2)
+    pretrained = save_backbone_weights(random_init, tmp_path / "w.pt")  # stands in for downloaded weights
     backbone = TorchaudioBackbone("WAV2VEC2_XLSR53", weights_path=str(pretrained), config_overrides=TINY_W2V2)
     model = FineTuneCTC(backbone, tokenizer.vocab_size, freeze_feature_encoder=True, **common(tokenizer))
     model.backbone.load_pretrained()
@@ -167,7 +168,8 @@ def test_finetuned_checkpoint_is_the_backbone_of_another_method(tokenizer, tmp_p
     trainer.save_checkpoint(tmp_path / "ft.ckpt")
     tuned = source.backbone.state_dict()
     assert any(not torch.equal(before[k], tuned[k]) for k in tuned)
-    frozen = FrozenFeatureCTC(CheckpointBackbone(str(tmp_path / "ft.ckpt")), tokenizer.vocab_size, **common(tokenizer))
+    backbone = CheckpointBackbone(str(tmp_path / "ft.ckpt"))
+    frozen = FrozenFeatureCTC(backbone, tokenizer.vocab_size, **common(tokenizer))
     trainer, _ = fit(frozen, TinyDataModule(tokenizer), 2)  # setup("fit") loads the checkpoint's backbone.*
     assert frozen.backbone.state_dict().keys() == tuned.keys()
     assert all(torch.equal(v, tuned[k]) for k, v in frozen.backbone.state_dict().items())

@@ -121,6 +121,7 @@ def test_extra_args_are_shell_quoted_and_command_replaceable():
         ({"gpus_per_node": 0}, "gpus_per_node >= 1"),
         ({"accelerator": "tpu"}, "accelerator must be one of"),
         ({"nodes": 0}, "nodes must be a positive int"),
+        ({"accelerator": "cpu", "tasks_per_node": 0}, "tasks_per_node must be a positive int"),
         ({"job_name": "bash"}, "makes Lightning ignore SLURM"),
         ({"time": "1 day"}, "time goes on an #SBATCH line"),
         ({"sbatch_args": ["--mem=8G\nrm -rf /"]}, "sbatch_args goes on an #SBATCH line"),
