@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -260,7 +261,8 @@ class ASRDataModule(pl.LightningDataModule):
             return load_tokenizer(self.tokenizer_path)
         if self.train_corpus is None:
             raise ValueError("no training corpus to build the tokenizer from: pass train=... or tokenizer_path=...")
-        texts = [cut_text(c) for c in self._corpus_cuts("train", self.train_corpus)]
+        cuts = self._corpus_cuts("train", self.train_corpus)
+        texts = _Texts(cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
         settings = {"kind": self.tokenizer_kind, "normalizer": self.normalizer.to_dict(),
                     "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None}
         path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{_hash(settings, texts)}.json"
@@ -320,7 +322,17 @@ def _named(corpora: dict[str, Corpus] | Corpus | None, domain: str) -> dict[str,
     return dict(corpora) if isinstance(corpora, dict) else {domain: corpora}
 
 
-def _hash(settings: dict, texts: list[str]) -> str:
+class _Texts:
+    """Re-iterable view of the raw transcripts of a CutSet."""
+
+    def __init__(self, cuts: CutSet) -> None:
+        self.cuts = cuts
+
+    def __iter__(self):
+        return (cut_text(c) for c in self.cuts)
+
+
+def _hash(settings: dict, texts: Iterable[str]) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for text in texts:
         h.update(text.encode("utf-8", "surrogatepass") + b"\n")

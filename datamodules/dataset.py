@@ -192,7 +192,9 @@ class SpeechDataset(Dataset):
             audio = torch.from_numpy(cut.load_audio()).to(torch.float32)
         except Exception as e:  # any decoder failure: name the file
             return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {type(e).__name__}: {e}")) or None
-        return audio.mean(dim=0) if audio.dim() == 2 else audio
+        if audio.dim() == 2:  # (channels, T): lhotse MonoCuts load (1, T)
+            audio = audio[0] if audio.shape[0] == 1 else audio.mean(dim=0)
+        return audio
 
     def _bad(self, error: BadInputError) -> bool:
         if self.on_bad_input == "error":

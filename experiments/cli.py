@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -132,6 +133,9 @@ def _load_tool(spec: str) -> Callable[[list[str]], int | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry: tools by name, everything else goes to LightningCLI."""
+    # Denormal floats (near-silent audio, decaying LSTM/CTC gradients) are ~5x slower on x86 CPUs;
+    # flushing them to zero costs no accuracy at fp32 and is a no-op on GPU kernels.
+    torch.set_flush_denormal(True)
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
         return int(_load_tool(TOOLS[args[0]])(args[1:]) or 0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,14 @@ def make_study(spec: SweepSpec, storage: str) -> optuna.Study:
     """Create or load the study (``load_if_exists``): reruns continue it."""
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    rdb = optuna.storages.RDBStorage(
-        storage,
-        heartbeat_interval=60,
-        grace_period=180,  # trials of a killed sweep are marked failed and retried on the next run
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            storage,
+            heartbeat_interval=60,
+            grace_period=180,  # trials of a killed sweep are marked failed and retried on the next run
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if spec.pruner["type"] == "median":
         pruner = optuna.pruners.MedianPruner(

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from datamodules.augment import SpecAugment
+from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
@@ -52,21 +54,6 @@ def ctc_infeasible(lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> 
     return lengths < target_lengths + repeats
 
 
-def tokenizer_from_dict(d: dict) -> Any:
-    """Rebuild a ``datamodules.text`` tokenizer from its ``to_dict()``."""
-    from datamodules import text
-
-    return text.tokenizer_from_dict(d)
-
-
-def _spec_augment(cfg: dict | None) -> nn.Module | None:
-    if not cfg:
-        return None
-    from datamodules.augment import SpecAugment
-
-    return SpecAugment(**cfg)
-
-
 class CTCModule(pl.LightningModule):
     """CTC speech recogniser on any ``Backbone`` (see ARCHITECTURE.md).
 
@@ -94,10 +81,16 @@ class CTCModule(pl.LightningModule):
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
         self.head = build_head(head, backbone.output_dim, vocab_size, head_hidden, dropout)
-        self.spec_augment = _spec_augment(spec_augment)
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
-        self._tokenizer = tokenizer_from_dict(tokenizer) if tokenizer else None
+        self._tokenizer = self._check_vocab(tokenizer_from_dict(tokenizer)) if tokenizer else None
         self._weights_restored = False
+
+    def _check_vocab(self, tokenizer: Any) -> Any:
+        if tokenizer.vocab_size != self.hparams.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} symbols (blank included) but the model was "
+                             f"built with vocab_size={self.hparams.vocab_size}")
+        return tokenizer
 
     # ---------------------------------------------------------------- model
     def hidden_states(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None
@@ -112,10 +105,10 @@ class CTCModule(pl.LightningModule):
         return self.featurizer(layers), out_lengths
 
     def classify(self, feats: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T', F) -> CTC log-probs (B, T', V); SpecAugment on valid frames in training."""
+        """(B, T', F) -> float32 CTC log-probs (B, T', V); SpecAugment on valid frames in training."""
         if self.training and self.spec_augment is not None:
             feats = self.spec_augment(feats, lengths)
-        return self.head(feats, lengths).log_softmax(-1)
+        return self.head(feats, lengths).float().log_softmax(-1)
 
     def forward(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None) -> tuple[Tensor, Tensor]:
         """(B, T) audio, (B,) lengths -> log-probs (B, T', V), output lengths (B,)."""
@@ -135,7 +128,7 @@ class CTCModule(pl.LightningModule):
             if getattr(dm, "tokenizer", None) is None:
                 raise RuntimeError(f"{type(self).__name__} has no tokenizer: pass tokenizer=<tokenizer.to_dict()> "
                                    "or attach a datamodule with a .tokenizer")
-            self._tokenizer = dm.tokenizer
+            self._tokenizer = self._check_vocab(dm.tokenizer)
         return self._tokenizer
 
     def decode(self, log_probs: Tensor, lengths: Tensor) -> list[str]:

@@ -14,7 +14,9 @@ and the scheduler computes, at global step ``s`` (= ``last_epoch``, stepped ever
 with ``warmup(k) = min(1, (k + 1) / warmup_steps)`` and ``decay`` linear / cosine / constant from
 1 down to ``min_lr_ratio``. Because the schedule is a pure function of those keys and
 ``last_epoch``, the optimizer + scheduler state dicts restore it exactly on resume, and an
-unfreezing callback only has to set ``requires_grad`` and ``active_since_step``.
+unfreezing callback only has to set ``requires_grad`` and ``active_since_step`` (then call
+``scheduler.refresh()`` to apply the new lrs within the current step). ``total_steps`` is part of
+the scheduler state, so a resumed run keeps the schedule length it started with.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ class TinyDataModule(pl.LightningDataModule):
 
     def __init__(self, tokenizer=None, n_train: int = 8, batch_size: int = 4, n_val: int = 4,
                  val_domains: tuple[str, ...] = ("source",), dann: bool = False, target_labels: bool = False,
-                 target_shift: float = 0.5, augments_waveform: bool = False, seed: int = 0) -> None:
+                 target_shift: float = 0.5, augments_waveform: bool = False, seed: int = 0,
+                 n_val_batches: int = 1) -> None:
         super().__init__()
         self.tokenizer = tokenizer or char_tokenizer()
         self.val_domains = self.test_domains = list(val_domains)
@@ -81,9 +82,10 @@ class TinyDataModule(pl.LightningDataModule):
                       for i, c in enumerate(chunked(texts(n_train, seed + 1), batch_size))]
             source = [{"source": s, "target": t} for s, t in zip(source, target)]
         self.train_batches = source
-        self.val_batches = [
-            [tone_batch(texts(n_val, seed + 7 + d), tok, shift=0.0 if name == "source" else target_shift,
-                        domain=int(name != "source"), seed=seed + 1000 * (d + 1))]
+        self.val_batches = [  # per domain: n_val_batches batches of n_val utterances
+            [tone_batch(texts(n_val, seed + 7 + d + 100 * j), tok, shift=0.0 if name == "source" else target_shift,
+                        domain=int(name != "source"), seed=seed + 1000 * (d + 1) + 100 * j)
+             for j in range(n_val_batches)]
             for d, name in enumerate(val_domains)
         ]
 

@@ -50,15 +50,23 @@ class ConstantModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class FakeClock:
-    """Advances ``tick`` seconds per reading."""
+class ManualClock(pl.Callback):
+    """A clock that only moves when told: 0.25 s per training batch, 10 s per validation batch.
 
-    def __init__(self, tick: float) -> None:
-        self.now, self.tick = 0.0, tick
+    List it before ``AudioThroughput`` so a batch's time has passed when the throughput reads it.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
 
     def __call__(self) -> float:
-        self.now += self.tick
         return self.now
+
+    def on_train_batch_end(self, *args):
+        self.now += 0.25
+
+    def on_validation_batch_end(self, *args, **kwargs):
+        self.now += 10.0
 
 
 def test_batch_audio_counts_plain_and_domain_batches():
@@ -70,18 +78,28 @@ def test_batch_audio_counts_plain_and_domain_batches():
         batch_audio({"audio": torch.zeros(1, 4)})
 
 
-@pytest.mark.parametrize("accumulate, every, max_steps", [(1, 2, 4), (2, 1, 2)])
+@pytest.mark.parametrize("accumulate, every, max_steps, validate", [
+    (1, 2, 4, False), (2, 1, 2, False), (1, 2, 4, True),
+])
 @pytest.mark.parametrize("dann", [False, True])
-def test_audio_throughput_equals_audio_seconds_over_elapsed(accumulate, every, max_steps, dann):
+def test_audio_throughput_equals_audio_seconds_over_elapsed(accumulate, every, max_steps, validate, dann):
+    """Each logging interval covers 2 batches = 0.5 s of training; validation time (10 s) is excluded."""
     dm = TinyDataModule(n_train=8, batch_size=2, dann=dann)
-    per_batch = [batch_audio(b) for b in dm.train_batches]  # 4 batches; each interval covers 2 of them
+    per_batch = [batch_audio(b) for b in dm.train_batches]  # 4 batches
     expected_audio = [(per_batch[i][0] + per_batch[i + 1][0]).item() / 16000 / 0.5 for i in (0, 2)]
     expected_utts = [(per_batch[i][1] + per_batch[i + 1][1]) / 0.5 for i in (0, 2)]
-    callback, logger = AudioThroughput(), ListLogger()
-    callback.clock = FakeClock(tick=0.5)  # one reading at train start and one per logging interval
-    trainer = pl.Trainer(callbacks=[callback], max_steps=max_steps, log_every_n_steps=every,
-                         accumulate_grad_batches=accumulate, **{**QUIET, "logger": logger})
-    trainer.fit(ConstantModule(), dm.train_dataloader())
+    clock, callback, logger = ManualClock(), AudioThroughput(), ListLogger()
+    callback.clock = clock
+    module = ConstantModule()
+    val = {}
+    if validate:  # a validation run between the two logging intervals
+        module.validation_step = lambda batch, batch_idx: None
+        val = {"val_dataloaders": TinyDataModule(n_train=2, n_val=2).val_dataloader()}
+    trainer = pl.Trainer(callbacks=[clock, callback], max_steps=max_steps, log_every_n_steps=every,
+                         accumulate_grad_batches=accumulate, val_check_interval=2 if validate else None,
+                         num_sanity_val_steps=0, **{**QUIET, "logger": logger})
+    trainer.fit(module, dm.train_dataloader(), **val)
+    assert clock.now == pytest.approx(1.0 + (20.0 if validate else 0.0))  # val after batches 2 and 4
     assert logger.values("train/audio_sec_per_sec") == pytest.approx(expected_audio)
     assert logger.values("train/samples_per_sec") == pytest.approx(expected_utts)
     assert 1.0 < expected_audio[0] < 20.0  # tone speech: ~0.2-1 s per utterance, 2 utterances per batch

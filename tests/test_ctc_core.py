@@ -82,6 +82,8 @@ def test_missing_tokenizer_and_missing_targets_raise_clear_errors(tokenizer, tin
         model.transcribe(tiny_batch["audio"], tiny_batch["lengths"])
     with pytest.raises(ValueError, match="no 'targets'"):
         model.ctc_loss(*model(tiny_batch["audio"], tiny_batch["lengths"]), {"ids": ["x"]})
+    with pytest.raises(ValueError, match="29 symbols .* vocab_size=12"):
+        CTCModule(make_tiny_backbone(), 12, tokenizer=tokenizer.to_dict())
 
 
 # ------------------------------------------------------------------ param groups and schedule
@@ -223,19 +225,37 @@ def test_load_model_rejects_foreign_checkpoints(tmp_path):
 
 
 def test_resume_from_checkpoint_continues_exactly(tokenizer, tmp_path):
-    """4 steps + checkpoint + 4 more == 8 straight steps (weights and lrs), validation results included."""
-    def run(steps: int, ckpt_path=None) -> CTCModule:
+    """8 steps interrupted after 4 + resume == 8 straight steps (weights and lrs), val results included."""
+    class StopAt4(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 4:
+                trainer.should_stop = True
+
+    def run(callbacks=(), ckpt_path=None) -> CTCModule:
         pl.seed_everything(0)
         model = module(tokenizer, decay="cosine", warmup_steps=3, featurizer="weighted")
-        trainer = pl.Trainer(max_steps=steps, num_sanity_val_steps=0, **QUIET)
+        trainer = pl.Trainer(max_steps=8, num_sanity_val_steps=0, callbacks=list(callbacks), **QUIET)
         trainer.fit(model, datamodule=TinyDataModule(tokenizer, val_domains=("source", "target")), ckpt_path=ckpt_path)
-        if steps == 4:
+        if callbacks:
+            assert trainer.global_step == 4
             trainer.save_checkpoint(tmp_path / "half.ckpt")
         return model
 
-    straight = run(8)
-    run(4)
-    resumed = run(8, ckpt_path=tmp_path / "half.ckpt")
+    straight = run()
+    run([StopAt4()])
+    resumed = run(ckpt_path=tmp_path / "half.ckpt")
     assert [g["lr"] for g in resumed.optimizers().param_groups] == [g["lr"] for g in straight.optimizers().param_groups]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_ddp_validation_metrics_equal_single_process(tokenizer):
+    """2 CPU processes (gloo), one val batch each per domain: WER/CER/loss equal the 1-process values."""
+    model = module(tokenizer, featurizer="weighted")
+    dm = TinyDataModule(tokenizer, val_domains=("source", "target"), n_val_batches=2)
+    single = pl.Trainer(**QUIET).validate(model, datamodule=dm, verbose=False)
+    ddp = pl.Trainer(strategy="ddp_spawn", devices=2, **QUIET).validate(model, datamodule=dm, verbose=False)
+    flat = [{k: v for r in results for k, v in r.items()} for results in (single, ddp)]
+    assert set(flat[0]) == {f"val/{d}/{m}" for d in ("source", "target") for m in ("wer", "cer", "loss")}
+    assert flat[1] == pytest.approx(flat[0], rel=1e-6)

@@ -177,3 +177,23 @@ def test_finetuned_checkpoint_is_the_backbone_of_another_method(tokenizer, tmp_p
     (tmp_path / "ft.ckpt").unlink()  # the new checkpoint stands alone
     loaded = load_model(tmp_path / "frozen.ckpt")
     assert all(torch.equal(v, tuned[k]) for k, v in loaded.backbone.state_dict().items())
+
+
+def test_gradual_unfreezing_callback_drives_the_param_groups(tokenizer):
+    """Integration with callbacks.GradualUnfreezing: late groups start their own warm-up at activation."""
+    from callbacks import GradualUnfreezing
+
+    model = FineTuneCTC(make_tiny_backbone(), tokenizer.vocab_size, warmup_steps=2,
+                        **{**common(tokenizer), "lr": 1e-3})
+    seen = {}
+
+    class Grab(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[trainer.global_step] = {g["name"]: (g["active_since_step"], g["lr"])
+                                         for g in trainer.optimizers[0].param_groups}
+
+    fit(model, TinyDataModule(tokenizer), 4, callbacks=[GradualUnfreezing({0: ["head"], 2: ["all"]}, unit="step"),
+                                                        Grab()])
+    assert seen[0]["head"] == (0, pytest.approx(5e-4)) and seen[0]["layer.1"] == (None, 0.0)
+    assert seen[2]["layer.1"] == (2, pytest.approx(5e-4)) and seen[2]["head"] == (0, pytest.approx(1e-3))
+    assert seen[3]["frontend"] == (2, pytest.approx(1e-3))

@@ -1,8 +1,9 @@
 """SLURM: sbatch rendering (unit) and a 2-task CPU DDP job on a real single-node SLURM (integration).
 
 The integration test needs ``sbatch`` on PATH and running daemons: ``bash .ci/install_slurm.sh &&
-bash .ci/start_slurm.sh``. The training command it submits is a parameter (``SLURM_JOB_CASES``):
-the smoke script stands in for ``speechxfer fit``; add ``quickstart_case`` to switch/extend.
+bash .ci/start_slurm.sh``. The training commands it submits are parameters (``SLURM_JOB_CASES``):
+a self-contained smoke script (checks ranks, world size and DDP weight sync) and the real
+``speechxfer fit --config experiments/quickstart.yaml`` (checks its checkpoint).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def smoke_case(tmp_path: Path) -> SlurmJobCase:
 
 
 def quickstart_case(tmp_path: Path) -> SlurmJobCase:
-    """The real training command; add to SLURM_JOB_CASES once the CLI and quickstart config are in."""
+    """The real training command: quickstart config, 2 CPU ranks, 4 steps, runs under tmp_path."""
     command = [
         "speechxfer", "fit", "--config", str(REPO / "experiments" / "quickstart.yaml"),
         "--trainer.strategy=ddp", "--trainer.max_steps=4", f"--runs_dir={tmp_path / 'runs'}",
@@ -211,7 +212,7 @@ def _squeue() -> str:
     return subprocess.run(["squeue"], capture_output=True, text=True).stdout
 
 
-SLURM_JOB_CASES: list[Callable[[Path], SlurmJobCase]] = [smoke_case]
+SLURM_JOB_CASES: list[Callable[[Path], SlurmJobCase]] = [smoke_case, quickstart_case]
 
 
 @pytest.mark.slow

@@ -143,9 +143,19 @@ def test_parse_config_reads_overrides_without_instantiating(tmp_path):
 # --- optuna backend -------------------------------------------------------------------------------
 
 
-def test_optuna_sweep_records_trials_in_sqlite_and_resumes(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    spec_path = write_spec(tmp_path)
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=4", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=null",
+              "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--data.init_args.num_workers=0",
+              "--checkpoint_every_n_steps=1000"]
+
+
+def test_optuna_sweep_on_demo_corpus_records_trials_in_sqlite_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the demo data config uses repo-relative paths
+    spec_path = write_spec(
+        tmp_path, config=str(QUICKSTART), metric="val/target/wer", fixed_args=TINY_TRIAL,
+        parameters={"model.init_args.lr": {"distribution": "log_uniform", "min": 1e-3, "max": 1e-2},
+                    "model.init_args.dropout": {"distribution": "uniform", "min": 0.0, "max": 0.3}},
+    )
     runs = tmp_path / "runs"
     assert sweep.main([str(spec_path), "--runs-dir", str(runs)]) == 0
     storage = f"sqlite:///{runs}/sweeps/toy_sweep.db"
@@ -154,12 +164,11 @@ def test_optuna_sweep_records_trials_in_sqlite_and_resumes(tmp_path, capsys, mon
     for trial in study.trials:
         run_dir = Path(trial.user_attrs["run_dir"])
         assert run_dir == runs / "sweep-toy_sweep" / f"trial-{trial.number}"
-        assert (run_dir / "config.yaml").is_file()
-        logged_lr = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]["lr"]
-        assert logged_lr == pytest.approx(trial.params["model.init_args.lr"])
-        if trial.state == optuna.trial.TrialState.COMPLETE:  # value = best logged metric of that run
-            assert trial.value == pytest.approx(best_logged(run_dir, "val/source/wer"))
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 1
+        logged = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]
+        assert logged["lr"] == pytest.approx(trial.params["model.init_args.lr"])
+        assert logged["dropout"] == pytest.approx(trial.params["model.init_args.dropout"])
+        assert trial.state == optuna.trial.TrialState.COMPLETE  # 3 startup trials before the median pruner acts
+        assert trial.value == pytest.approx(best_logged(run_dir, "val/target/wer"))  # best WER of that run
     out = capsys.readouterr().out
     assert "trial-0" in out and "trial-1" in out and "best: trial" in out
 
@@ -167,7 +176,7 @@ def test_optuna_sweep_records_trials_in_sqlite_and_resumes(tmp_path, capsys, mon
     assert sweep.main([str(spec_path), "--runs-dir", str(runs), "--n-trials", "1"]) == 0
     study = optuna.load_study(study_name="toy_sweep", storage=storage)
     assert [t.number for t in study.trials] == [0, 1, 2]
-    assert study.trials[2].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert (runs / "sweep-toy_sweep" / "trial-2" / "metrics.csv").is_file()
 
     # the trial runs are ordinary runs: the comparison report reads them
@@ -175,9 +184,21 @@ def test_optuna_sweep_records_trials_in_sqlite_and_resumes(tmp_path, capsys, mon
     report = (tmp_path / "report" / "report.md").read_text()
     for trial in study.trials:
         row = next(line for line in report.splitlines() if f"sweep-toy_sweep/trial-{trial.number} " in line)
-        assert "ToyModel" in row
-        if trial.value is not None:
-            assert f"{100 * trial.value:.2f}" in row
+        assert "ScratchEncoder" in row and "LibriSpeech train-clean-100" in row
+        assert f"{100 * trial.value:.2f}" in row
+
+
+def test_optuna_trials_run_toy_models_in_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec_path = write_spec(tmp_path, n_trials=2)
+    assert sweep.main([str(spec_path), "--runs-dir", str(tmp_path / "runs")]) == 0
+    study = optuna.load_study(study_name="toy_sweep", storage=f"sqlite:///{tmp_path}/runs/sweeps/toy_sweep.db")
+    params = [t.params for t in study.trials]
+    assert len(params) == 2 and params[0] != params[1]
+    for trial in study.trials:
+        config = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
+        assert config["model"]["init_args"]["optimizer"] == trial.params["model.init_args.optimizer"]
+        assert config["trainer"]["accumulate_grad_batches"] == trial.params["trainer.accumulate_grad_batches"]
 
 
 def test_pruning_callback_reports_and_prunes(tmp_path):

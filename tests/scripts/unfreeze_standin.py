@@ -58,7 +58,7 @@ class StandInModule(pl.LightningModule):
         return self.head(x)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else batch
         loss = nn.functional.mse_loss(self(x), y)
         self.log("train/loss", loss)
         return loss
@@ -74,9 +74,17 @@ class StandInModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def regression_loader(n: int = 32, dim: int = 8, batch_size: int = 8, seed: int = 0) -> DataLoader:
-    """Deterministic (x, y) regression batches; different ``seed`` -> different data."""
+def regression_loader(n: int = 32, dim: int = 8, batch_size: int = 8, seed: int = 0,
+                      audio_samples: int | None = None) -> DataLoader:
+    """Deterministic (x, y) regression batches; different ``seed`` -> different data.
+
+    With ``audio_samples``, batches are dicts ``{"x", "y", "lengths"}`` where every row claims
+    ``audio_samples`` samples of audio (for throughput accounting).
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=g)
     y = torch.sin(x.sum(dim=1, keepdim=True))
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+    if audio_samples is None:
+        return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+    rows = [{"x": x[i], "y": y[i], "lengths": torch.tensor(audio_samples)} for i in range(n)]
+    return DataLoader(rows, batch_size=batch_size, shuffle=False)

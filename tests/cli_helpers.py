@@ -1,0 +1,279 @@
+"""Helpers for the end-to-end CLI tests: tiny stand-ins for real experiment configs, CLI runners, probes.
+
+    tiny_config(config, work, ckpt)   experiment YAML -> self-contained temp YAML that runs on CPU in seconds
+    cli_env()                          environment for ``python -m experiments`` subprocesses (W&B offline)
+    run_cli(args, ...)                 run ``python -m experiments ARGS``; fails with the output tail
+    wait_for(predicate, proc, ...)     poll until ``predicate()`` is truthy (or the process died)
+    read_metrics(run_dir)              last logged value of every column of ``csv/metrics.csv``
+    callbacks_yaml(path, callbacks)    an extra ``--config`` adding top-level ``callbacks:``
+
+Callbacks the tests inject through configs (importable from subprocesses via ``PYTHONPATH``):
+``DumpTrainState`` (per-rank parameters + ``requires_grad`` at fit end) and ``Throttle`` (sleeps
+each step after a given step, so a SIGKILL lands mid-epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from tests.corpus_factory import make_commonvoice, make_librispeech
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+EXPERIMENT_CONFIGS = sorted(EXPERIMENTS.glob("*.yaml"))
+COMPONENT_CONFIGS = sorted((EXPERIMENTS / "data").glob("*.yaml")) + sorted((EXPERIMENTS / "trainer").glob("*.yaml"))
+
+SMALL_CNN = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]  # 320x, 50 fps
+TINY_TORCHAUDIO = {
+    "encoder_num_layers": 2, "encoder_embed_dim": 32, "encoder_num_heads": 2, "encoder_ff_interm_features": 64,
+    "extractor_conv_layer_config": SMALL_CNN, "encoder_pos_conv_kernel": 16, "encoder_pos_conv_groups": 4,
+}
+CPU_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true"}
+LS_COUNTS = {"train": 12, "dev": 4, "test": 4}  # utterances per generated LibriSpeech subset, by prefix
+CV_COUNTS = {"train": 12, "dev": 4, "test": 4, "validated": 12}
+
+
+# ---------------------------------------------------------------- configs
+def load_experiment(config: Path) -> dict[str, Any]:
+    """An experiment YAML with its component includes (``trainer: trainer/cpu.yaml``) inlined."""
+    config = Path(config)
+    cfg = yaml.safe_load(config.read_text())
+    for key, value in list(cfg.items()):
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")) and (config.parent / value).is_file():
+            cfg[key] = yaml.safe_load((config.parent / value).read_text())
+    return cfg
+
+
+class TinySubstitutions:
+    """Rewrites a loaded config so it runs offline on CPU in seconds (see :func:`tiny_config`).
+
+    Corpora whose root does not exist (real data roots such as ``data``), or every corpus with
+    ``all_data=True``, move to tiny generated corpora under ``work``; existing roots become absolute.
+    """
+
+    def __init__(self, work: Path, ckpt: Path | None = None, all_data: bool = False) -> None:
+        self.work, self.ckpt, self.all_data = Path(work), ckpt, all_data
+        self.librispeech: set[str] = set()
+        self.commonvoice: set[tuple[str, str]] = set()
+
+    def apply(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.apply(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: self.apply(v) for k, v in node.items()}
+        kind = str(node.get("class_path", "")).rsplit(".", 1)[-1]
+        args = node.get("init_args")
+        if isinstance(args, dict):
+            handler = getattr(self, f"_{kind}", None)
+            if handler is not None:
+                node["init_args"] = handler(dict(args))
+        if "feature_cache_dir" in node:
+            node["feature_cache_dir"] = str(self.work / "feature_cache")
+        return node
+
+    def _root(self, root: str) -> str | None:
+        path = Path(root) if Path(root).is_absolute() else REPO / root
+        return None if self.all_data or not path.exists() else str(path)
+
+    def _LibriSpeechCorpus(self, args: dict) -> dict:  # noqa: N802 (named after the class)
+        root = self._root(args["root"])
+        if root is None:
+            self.librispeech.update(args["subsets"])
+            root = str(self.work / "tiny_corpus")
+        return {**args, "root": root}
+
+    def _CommonVoiceCorpus(self, args: dict) -> dict:  # noqa: N802
+        root = self._root(args["root"])
+        if root is None:
+            self.commonvoice.add((args.get("locale", "en"), args["split"]))
+            root = str(self.work / "tiny_corpus" / "commonvoice")
+        return {**args, "root": root}
+
+    def _ASRDataModule(self, args: dict) -> dict:  # noqa: N802
+        return {**args, "num_workers": 0}
+
+    def _TorchaudioBackbone(self, args: dict) -> dict:  # noqa: N802
+        bundle = args.get("bundle", "WAV2VEC2_BASE")
+        overrides = {**(args.get("config_overrides") or {}), **TINY_TORCHAUDIO}
+        return {**args, "config_overrides": overrides, "weights_path": str(tiny_weights(bundle, overrides, self.work))}
+
+    def _CheckpointBackbone(self, args: dict) -> dict:  # noqa: N802
+        if self.ckpt is None:
+            raise ValueError("this config needs a checkpoint for its CheckpointBackbone: pass ckpt=")
+        return {**args, "path": str(self.ckpt)}
+
+    def make_corpora(self) -> None:
+        """Generate (once) every LibriSpeech subset and Common Voice split the rewritten configs named."""
+        root = self.work / "tiny_corpus"
+        missing = [s for s in sorted(self.librispeech) if not (root / "LibriSpeech" / s).is_dir()]
+        if missing:
+            make_librispeech(root, {s: LS_COUNTS.get(s.split("-")[0], 4) for s in missing})
+        for locale in sorted({loc for loc, _ in self.commonvoice}):
+            if not (root / "commonvoice" / locale / "train.tsv").is_file():
+                make_commonvoice(root / "commonvoice", locale, {s: n for s, n in CV_COUNTS.items() if s != "validated"})
+
+
+def tiny_weights(bundle: str, overrides: dict, work: Path) -> Path:
+    """A local weights file for a tiny ``TorchaudioBackbone`` so ``load_pretrained()`` never downloads."""
+    from lightning_modules.backbones import TorchaudioBackbone, save_backbone_weights
+
+    path = Path(work) / f"tiny_{bundle}.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        save_backbone_weights(TorchaudioBackbone(bundle, config_overrides=overrides), path)
+    return path
+
+
+def tiny_config(config: Path, work: Path, ckpt: Path | None = None, all_data: bool = False,
+                trainer: dict | None = None) -> Path:
+    """Write ``work/<name>.yaml``: ``config`` with tiny data/backbones, CPU fp32 trainer, 0 workers.
+
+    ``ckpt`` replaces every ``CheckpointBackbone`` path; ``trainer`` entries override the trainer.
+    """
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    subs = TinySubstitutions(work, ckpt, all_data)
+    cfg = subs.apply(copy.deepcopy(load_experiment(config)))
+    cfg["trainer"] = {**(cfg.get("trainer") or {}), **CPU_TRAINER, **(trainer or {})}
+    subs.make_corpora()
+    out = work / Path(config).name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def callbacks_yaml(path: Path, callbacks: list[dict]) -> Path:
+    """A config fragment setting the top-level ``callbacks:`` list (pass it as a later ``--config``)."""
+    Path(path).write_text(yaml.safe_dump({"callbacks": callbacks}, sort_keys=False))
+    return Path(path)
+
+
+# ---------------------------------------------------------------- running the CLI
+def cli_env(**extra: str) -> dict[str, str]:
+    """Subprocess environment: repo importable, W&B offline, one thread, no inherited run dir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID")}
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def cli_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "experiments", *map(str, args)]
+
+
+def run_cli(args: list[str], cwd: Path = REPO, timeout: float = 500, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m experiments ARGS``; with ``check`` a non-zero exit fails showing the output tail."""
+    proc = subprocess.run(cli_command(args), cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"`speechxfer {' '.join(map(str, args))}` exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def wait_for(predicate: Callable[[], Any], proc: subprocess.Popen | None = None, timeout: float = 400,
+             poll: float = 0.2) -> Any:
+    """Poll ``predicate`` until truthy; raise if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process exited ({proc.returncode}) before the condition held:\n{out[-6000:]}")
+        time.sleep(poll)
+    raise AssertionError(f"condition not reached within {timeout}s")
+
+
+def read_metrics(run_dir: Path) -> dict[str, float]:
+    """Last non-empty value of every column of ``run_dir/csv/metrics.csv`` (CSVLogger layout)."""
+    files = list(Path(run_dir).rglob("metrics.csv"))
+    if not files:
+        raise AssertionError(f"no metrics.csv under {run_dir}")
+    values: dict[str, float] = {}
+    with open(files[0], newline="") as f:
+        for row in csv.DictReader(f):
+            values.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return values
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------- callbacks injected through configs
+class DumpTrainState(pl.Callback):
+    """At fit end, every rank writes ``<dirpath>/train_state_rank<r>.pt``.
+
+    Content: ``{"params": {name: tensor}, "requires_grad": {name: bool}, "global_step": int}``;
+    ``dirpath`` defaults to the trainer's ``default_root_dir`` (the run directory).
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out = Path(self.dirpath or trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "params": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
+            "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+            "global_step": trainer.global_step,
+        }
+        torch.save(state, out / f"train_state_rank{trainer.global_rank}.pt")
+
+
+class Throttle(pl.Callback):
+    """Sleep ``seconds`` before every training batch from global step ``after_step`` on (kill window)."""
+
+    def __init__(self, after_step: int, seconds: float = 1.0) -> None:
+        self.after_step, self.seconds = after_step, seconds
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step >= self.after_step:
+            time.sleep(self.seconds)
+
+
+# ---------------------------------------------------------------- session-wide artefacts
+_SHARED: dict[str, Path] = {}  # one per pytest process, whichever test module asks first
+
+
+def shared_workdir(tmp_path_factory) -> Path:
+    """One temp folder for the tiny corpora / weights every CLI test module reuses."""
+    if "work" not in _SHARED:
+        _SHARED["work"] = tmp_path_factory.mktemp("cli_work")
+    return _SHARED["work"]
+
+
+QUICKSTART_ARGS = [
+    "--trainer.max_steps", "2", "--trainer.log_every_n_steps", "1", "--checkpoint_every_n_steps", "1",
+    "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "2",
+]
+
+
+def shared_quickstart_run(tmp_path_factory) -> Path:
+    """Run dir of ``speechxfer fit --config experiments/quickstart.yaml`` for 2 steps (demo corpus, W&B offline).
+
+    Its ``checkpoints/last.ckpt`` feeds the CheckpointBackbone configs, transcribe and validate tests.
+    """
+    if "quickstart" not in _SHARED:
+        runs = tmp_path_factory.mktemp("quickstart_runs")
+        run_cli(["fit", "--config", EXPERIMENTS / "quickstart.yaml", "--runs_dir", runs, "--run_name", "qs",
+                 *QUICKSTART_ARGS])
+        _SHARED["quickstart"] = runs / "quickstart" / "qs"
+    return _SHARED["quickstart"]
