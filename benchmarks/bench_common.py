@@ -2,7 +2,7 @@
 
 Every benchmark prints its results as ``RESULT`` lines (parsed by ``run_all.py``)::
 
-    RESULT | <name> | <value> | <goal> | ok|MISSED|info | <detail>
+    RESULT | <name> | <value> | <goal> | ok|MISSED|info|smoke | <detail>
 
 where ``value`` is a ratio against a baseline measured in the same run (``1.02x``) or a measure
 with its unit. ``ratio_line`` formats one.
@@ -28,13 +28,15 @@ RESULT_PREFIX = "RESULT"
 
 
 def ratio_line(name: str, ratio: float, goal: float | None, lower_is_better: bool = True, detail: str = "",
-               unit: str = "x") -> str:
-    """``RESULT | name | 1.03x | <= 1.05x | ok | detail`` (status ``info`` without a goal)."""
+               unit: str = "x", quick: bool = False) -> str:
+    """``RESULT | name | 1.03x | <= 1.05x | ok | detail``; status ``info`` without a goal, ``smoke`` in quick mode."""
     if goal is None:
         status, goal_text = "info", "-"
     else:
         met = ratio <= goal if lower_is_better else ratio >= goal
         status, goal_text = ("ok" if met else "MISSED"), f"{'<=' if lower_is_better else '>='} {goal:g}{unit}"
+    if quick:
+        status = "smoke"  # quick runs are too small for the goal to mean anything
     return f"{RESULT_PREFIX} | {name} | {ratio:.3f}{unit} | {goal_text} | {status} | {detail}"
 
 

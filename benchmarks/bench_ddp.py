@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     param_diff = max_param_diff(one, two)
     detail = (f"{sps2:.1f} vs {sps1:.1f} utt/s, {args.threads_per_rank} thread(s)/rank, "
               f"{sum(counts) // 2} optimizer steps; process wall {wall2:.1f} s vs {wall1:.1f} s")
-    print(ratio_line("DDP CPU: 2 ranks / 1 rank samples/s", sps2 / sps1, 1.6, lower_is_better=False, detail=detail))
-    same = {k: (m1[k], m2[k]) for k in keys}
+    print(ratio_line("DDP CPU: 2 ranks / 1 rank samples/s", sps2 / sps1, 1.6, lower_is_better=False, detail=detail,
+                     quick=args.quick))
+    same = {k.split("/")[-1]: (round(m1[k], 6), round(m2[k], 6)) for k in keys}
     print(ratio_line("DDP CPU: final val metrics max |diff| (2 vs 1 rank)", metric_diff, 1e-4, unit="",
                      detail=f"{same}; max |param diff| {param_diff:.2e}"))
     tmp.cleanup()

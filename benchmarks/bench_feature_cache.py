@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{later_on:.2f} s vs {later_off:.2f} s; epoch 1 with cache writes {on[0] / off[0]:.2f}x; "
               f"hit rate {stats.get('hits', 0) / max(1, stats.get('hits', 0) + stats.get('misses', 0)):.2f}; "
               f"final train loss {loss_on:.3f} (cache) vs {loss_off:.3f}")
-    print(ratio_line("frozen features epoch 2+: cache / no cache", later_on / later_off, 0.2, detail=detail))
+    print(ratio_line("frozen features epoch 2+: cache / no cache", later_on / later_off, 0.2, detail=detail,
+                     quick=args.quick))
     tmp.cleanup()
 
 

@@ -2,8 +2,9 @@
 
 from callbacks.grad_sync import GradSync
 from callbacks.run_summary import RunSummary
+from callbacks.slurm_requeue import SlurmRequeue
 from callbacks.throughput import AudioThroughput
 from callbacks.unfreeze import GradualUnfreezing
 from callbacks.wandb_extras import WandbLayerWeights, WandbValidationSamples
 
-__all__ = ["AudioThroughput", "GradSync", "GradualUnfreezing", "RunSummary", "WandbLayerWeights", "WandbValidationSamples"]
+__all__ = ["AudioThroughput", "GradSync", "GradualUnfreezing", "RunSummary", "SlurmRequeue", "WandbLayerWeights", "WandbValidationSamples"]

@@ -29,7 +29,8 @@ def batch_audio(batch: Any) -> tuple[torch.Tensor, int]:
     if isinstance(batch, dict) and batch and all(isinstance(b, dict) for b in batch.values()):
         parts = [batch_audio(b) for b in batch.values()]
         return torch.stack([s for s, _ in parts]).sum(), sum(n for _, n in parts)
-    raise ValueError(f"AudioThroughput: batch has no 'lengths' (keys: {list(batch) if isinstance(batch, dict) else type(batch)})")
+    found = list(batch) if isinstance(batch, dict) else type(batch).__name__
+    raise ValueError(f"AudioThroughput: batch has no 'lengths' (got {found})")
 
 
 class AudioThroughput(Callback):

@@ -44,15 +44,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import nn
 
 from callbacks.grad_sync import GradSync
 
 log = logging.getLogger(__name__)
 
 ABOVE_BACKBONE = ("featurizer", "head")
-
-LayerGroups = list[tuple[str, list[nn.Parameter]]]
 
 
 def resolve_groups(spec: list[str], group_names: list[str], n_backbone: int | None = None) -> list[str]:
@@ -156,8 +153,14 @@ class GradualUnfreezing(Callback):
         if self._module is not pl_module:
             self._pinned = {id(p) for _, ps in pl_module.layer_groups() for p in ps if not p.requires_grad}
         self._module = pl_module
-        self.applied = [0]
+        position = trainer.current_epoch if self.unit == "epoch" else trainer.global_step  # 0 unless re-fit
+        self.applied = [k for k in sorted(self.schedule) if k <= position]
         self._apply_requires_grad(pl_module)
+        if not any(p.requires_grad for _, ps in pl_module.layer_groups() for p in ps):
+            raise ValueError(
+                f"GradualUnfreezing: nothing is trainable at the first stage {self.active_groups(pl_module)}: "
+                "the module froze those parameters itself before fit (frozen parameters are never unfrozen)"
+            )
         rank_zero_info(f"GradualUnfreezing: training {self.active_groups(pl_module)} from the start")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -42,18 +42,18 @@ class PairedLoader:
 
     def fast_forward(self, epoch: int, num_batches: int) -> None:
         """Position both samplers after ``num_batches`` paired batches of ``epoch`` (metadata only)."""
-        self.source.sampler.fast_forward(epoch, num_batches)
+        epoch, num_batches = self.source.sampler.fast_forward(epoch, num_batches)
         target: DurationBucketingSampler = self.target.sampler
         cycle, left = 0, num_batches
-        while True:
+        while left > 0:
             n = sum(1 for _ in _epoch_batches(target, epoch * CYCLE_STRIDE + cycle))
             if n == 0:
                 raise ValueError("the target sampler yields no batches")
             if left < n:
                 break
             left, cycle = left - n, cycle + 1
-        target.fast_forward(epoch * CYCLE_STRIDE + cycle, left)
-        self._target_start = (cycle, True)
+        target_epoch, _ = target.fast_forward(epoch * CYCLE_STRIDE + cycle, left)
+        self._target_start = (target_epoch - epoch * CYCLE_STRIDE, True)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         targets = self._target_batches(self.source.sampler.epoch)

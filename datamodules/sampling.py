@@ -54,6 +54,10 @@ class DurationBucketingSampler(DynamicBucketingSampler):
        the batches *trained on* by the DataLoader/Lightning prefetch.  ``fast_forward(epoch, n)``
        replays the first ``n`` batches of ``epoch`` from metadata only (no audio is read), and the
        next ``iter()`` continues from there; the caller stores ``n`` from the trainer's progress.
+       If those ``n`` batches were the whole epoch, the sampler moves to the start of ``epoch + 1``
+       instead: on resume Lightning creates the DataLoader iterator BEFORE it calls
+       ``set_epoch(epoch + 1)`` and does not re-create it, so an exhausted iterator would silently
+       make the next epoch empty.
 
     Args:
         cuts: lazy or eager ``CutSet``.
@@ -84,13 +88,23 @@ class DurationBucketingSampler(DynamicBucketingSampler):
             )
         self.dropped_tail_cuts = 0
         self._step_sizes: list[int] = []
+        self._peeked: CutSet | None = None  # one batch read ahead by fast_forward
 
     def _next_batch(self) -> CutSet:
         batch = super()._next_batch()
         self._step_sizes.append(len(batch))
         return batch
 
+    def __iter__(self) -> DurationBucketingSampler:
+        if not self._just_restored_state:
+            self._peeked = None
+        return super().__iter__()
+
     def __next__(self) -> CutSet:
+        if self._peeked is not None:
+            self.allow_iter_to_reset_state()
+            batch, self._peeked = self._peeked, None
+            return batch
         self._step_sizes = []
         batch = super().__next__()
         if self.world_size > 1 and sum(self._step_sizes) < self.world_size:
@@ -101,11 +115,18 @@ class DurationBucketingSampler(DynamicBucketingSampler):
             raise StopIteration
         return batch
 
-    def fast_forward(self, epoch: int, num_batches: int) -> None:
-        """Position the sampler after the first ``num_batches`` batches (of this rank) of ``epoch``."""
-        self.set_epoch(epoch)
-        self.allow_iter_to_reset_state()
-        iter(self)
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._peeked = None
+        super().set_epoch(epoch)
+
+    def fast_forward(self, epoch: int, num_batches: int) -> tuple[int, int]:
+        """Position the sampler after the first ``num_batches`` batches (of this rank) of ``epoch``.
+
+        Returns the position taken: ``(epoch, num_batches)``, or ``(epoch + 1, 0)`` when those
+        batches were the whole epoch.
+        """
+        self._restart(epoch)
         for done in range(num_batches):
             try:
                 next(self)
@@ -114,7 +135,20 @@ class DurationBucketingSampler(DynamicBucketingSampler):
                     f"cannot resume at batch {num_batches} of epoch {epoch}: the epoch has only {done} "
                     "batches (was the data, seed, max_duration or world size changed?)"
                 ) from None
+        try:
+            peeked = next(self)
+        except StopIteration:
+            epoch, num_batches = epoch + 1, 0
+            self._restart(epoch)
+        else:
+            self._peeked = peeked
         self._just_restored_state = True  # lhotse: the next iter() continues instead of restarting
+        return epoch, num_batches
+
+    def _restart(self, epoch: int) -> None:
+        self.set_epoch(epoch)
+        self.allow_iter_to_reset_state()
+        iter(self)
 
 
 def resolve_rank(trainer: Any = None, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -122,6 +156,12 @@ def resolve_rank(trainer: Any = None, rank: int | None = None, world_size: int |
     if rank is not None and world_size is not None:
         return rank, world_size
     if trainer is not None:
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise RuntimeError(
+                "speechxfer samplers already give each rank its own batches: create the Trainer with "
+                "use_distributed_sampler=False (otherwise Lightning shards the batches a second time)"
+            )
         return trainer.global_rank, trainer.world_size
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

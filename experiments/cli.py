@@ -19,6 +19,7 @@ Tools with their own arguments::
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,13 @@ import torch
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from experiments.runs import checkpoint_callbacks, default_loggers, monitored_metric, resolve_run_dir
+from experiments.runs import (
+    ResumeAtEpochEnd,
+    checkpoint_callbacks,
+    default_loggers,
+    monitored_metric,
+    resolve_run_dir,
+)
 
 TOOLS = {
     "transcribe": "experiments.transcribe:main",
@@ -93,10 +100,12 @@ class SpeechCLI(LightningCLI):
 
 def default_callbacks(present: list[Callback]) -> list[Callback]:
     """Callbacks every run gets unless the config already has one of the same type."""
-    from callbacks import AudioThroughput, RunSummary, WandbLayerWeights, WandbValidationSamples
+    from callbacks import AudioThroughput, RunSummary, SlurmRequeue, WandbLayerWeights, WandbValidationSamples
 
     have = {type(cb) for cb in present}
-    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights]
+    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd]
+    if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        wanted.append(SlurmRequeue)  # checkpoint + requeue on sbatch --signal=SIGUSR1@90
     return [cls() for cls in wanted if cls not in have]
 
 

@@ -233,7 +233,8 @@ def discover(paths: list[Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such run directory")
-        for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        # symlinks inside (e.g. ``<experiment>/latest``) point at runs that are listed anyway
+        for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
             resolved = path.resolve()
             if resolved in seen or any(parent in seen for parent in resolved.parents):
                 continue

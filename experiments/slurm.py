@@ -90,7 +90,9 @@ def render_sbatch(
     _check_sbatch_values(job_name=job_name, time=time, partition=partition, output_dir=output_dir,
                          workdir=workdir, sbatch_args=list(sbatch_args))
 
-    program = list(command) if command is not None else ["speechxfer", "fit", "--config", config]
+    # --ckpt_path last: a requeued job (same SLURM_JOB_ID, so the same run dir) resumes from the
+    # last.ckpt that callbacks.SlurmRequeue saved; on the first start there is none and it starts fresh.
+    program = list(command) if command is not None else ["speechxfer", "fit", "--config", config, "--ckpt_path", "last"]
     trainer_args = f"--trainer.num_nodes={nodes} --trainer.devices={tasks_per_node} --trainer.accelerator={accelerator}"
     srun_lines = [shlex.join(program)] + ([shlex.join(extra_args)] if extra_args else []) + [trainer_args]
     fields = {

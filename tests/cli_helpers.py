@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import soundfile as sf
 import torch
 import yaml
 
-from tests.corpus_factory import make_commonvoice, make_librispeech
+from tests.corpus_factory import WORDS, make_commonvoice, make_librispeech, tone_speech
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -121,9 +123,21 @@ class TinySubstitutions:
         missing = [s for s in sorted(self.librispeech) if not (root / "LibriSpeech" / s).is_dir()]
         if missing:
             make_librispeech(root, {s: LS_COUNTS.get(s.split("-")[0], 4) for s in missing})
+            for subset in missing:  # training text must cover every character of the eval sets
+                add_librispeech_utterance(root, subset, " ".join(WORDS))
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
                 make_commonvoice(root / "commonvoice", locale, {s: n for s, n in CV_COUNTS.items() if s != "validated"})
+
+
+def add_librispeech_utterance(root: Path, subset: str, text: str, speaker: int = 999, chapter: int = 1) -> Path:
+    """Append one tone-speech utterance (``<speaker>-<chapter>-0000``) to a LibriSpeech-layout subset."""
+    folder = Path(root) / "LibriSpeech" / subset / str(speaker) / str(chapter)
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = f"{speaker}-{chapter}-0000"
+    sf.write(folder / f"{uid}.flac", tone_speech(text), 16000)
+    (folder / f"{speaker}-{chapter}.trans.txt").write_text(f"{uid} {text.upper()}\n", encoding="utf-8")
+    return folder / f"{uid}.flac"
 
 
 def tiny_weights(bundle: str, overrides: dict, work: Path) -> Path:
@@ -137,17 +151,27 @@ def tiny_weights(bundle: str, overrides: dict, work: Path) -> Path:
     return path
 
 
+def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` merged in recursively (dicts merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def tiny_config(config: Path, work: Path, ckpt: Path | None = None, all_data: bool = False,
-                trainer: dict | None = None) -> Path:
+                overrides: dict | None = None) -> Path:
     """Write ``work/<name>.yaml``: ``config`` with tiny data/backbones, CPU fp32 trainer, 0 workers.
 
-    ``ckpt`` replaces every ``CheckpointBackbone`` path; ``trainer`` entries override the trainer.
+    ``ckpt`` replaces every ``CheckpointBackbone`` path; ``all_data`` moves every corpus (not only
+    missing roots) to the generated tone-speech corpora; ``overrides`` is deep-merged last.
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     subs = TinySubstitutions(work, ckpt, all_data)
     cfg = subs.apply(copy.deepcopy(load_experiment(config)))
-    cfg["trainer"] = {**(cfg.get("trainer") or {}), **CPU_TRAINER, **(trainer or {})}
+    cfg["trainer"] = {**(cfg.get("trainer") or {}), **CPU_TRAINER}
+    cfg = deep_merge(cfg, overrides or {})
     subs.make_corpora()
     out = work / Path(config).name
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -217,24 +241,50 @@ def load_ckpt(path: Path) -> dict:
 
 # ---------------------------------------------------------------- callbacks injected through configs
 class DumpTrainState(pl.Callback):
-    """At fit end, every rank writes ``<dirpath>/train_state_rank<r>.pt``.
+    """Records what each training step saw, for comparing runs (list it after ``GradualUnfreezing``).
 
-    Content: ``{"params": {name: tensor}, "requires_grad": {name: bool}, "global_step": int}``;
+    Every batch start appends a JSON line to ``<dirpath>/steps_rank<r>.jsonl``:
+    ``{"step", "epoch", "batch_idx", "ids", "trainable"}`` (utterance ids of the batch; names of the
+    parameters that require grad). At fit end each rank writes ``train_state_rank<r>.pt``:
+    ``{"params": {name: tensor}, "requires_grad": {name: bool}, "global_step": int}``.
     ``dirpath`` defaults to the trainer's ``default_root_dir`` (the run directory).
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _out(self, trainer: pl.Trainer) -> Path:
         out = Path(self.dirpath or trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx,
+                  "ids": batch_ids(batch), "trainable": [n for n, p in pl_module.named_parameters() if p.requires_grad]}
+        with open(self._out(trainer) / f"steps_rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = {
             "params": {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()},
             "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
             "global_step": trainer.global_step,
         }
-        torch.save(state, out / f"train_state_rank{trainer.global_rank}.pt")
+        torch.save(state, self._out(trainer) / f"train_state_rank{trainer.global_rank}.pt")
+
+
+def batch_ids(batch: Any) -> list[str]:
+    """Utterance ids of a batch dict, or of both halves of a DANN ``{"source", "target"}`` batch."""
+    if "ids" in batch:
+        return list(batch["ids"])
+    return [i for key in sorted(batch) for i in batch_ids(batch[key])]
+
+
+def read_steps(run_dir: Path, rank: int = 0) -> dict[int, dict]:
+    """``{step: record}`` from ``steps_rank<r>.jsonl``; a later record of a step (after a resume) wins."""
+    lines = (Path(run_dir) / f"steps_rank{rank}.jsonl").read_text().splitlines()
+    return {rec["step"]: rec for rec in map(json.loads, lines)}
 
 
 class Throttle(pl.Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from datamodules.augment import SpecAugment, WaveformAugmentation, add_noise_at_
 from datamodules.batch import check_batch, make_batch, pad_audio, pad_targets
 from datamodules.corpora import LibriSpeechCorpus
 from datamodules.dataset import SpeechDataset
-from datamodules.sampling import DurationBucketingSampler, estimate_bins, make_loader
+from datamodules.sampling import DurationBucketingSampler, estimate_bins, make_loader, resolve_rank
 from tests.corpus_factory import make_librispeech
 
 MAX_DURATION = 2.0
@@ -107,10 +108,31 @@ def test_fast_forward_yields_exactly_the_remaining_batches():
     assert len(list(resumed)) > 0
 
 
+def test_fast_forward_over_a_whole_epoch_moves_to_the_next_one():
+    sampler = DurationBucketingSampler(fake_cuts([1.0] * 6), max_duration=2.0, num_buckets=2, shuffle=True, seed=1)
+    sampler.set_epoch(8)
+    reference = [[c.id for c in b] for b in sampler]
+    assert sampler.fast_forward(7, 3) == (8, 0)  # epoch 7 has 3 batches: resume at the start of epoch 8
+    sampler.set_epoch(8)
+    assert [[c.id for c in b] for b in sampler] == reference
+    assert sampler.fast_forward(8, 2) == (8, 2)
+    assert [[c.id for c in b] for b in sampler] == reference[2:]
+
+
 def test_fast_forward_past_the_epoch_end_is_an_error():
     sampler = DurationBucketingSampler(fake_cuts([1.0] * 4), max_duration=2.0, num_buckets=2)
     with pytest.raises(ValueError, match="has only 2 batches"):
         sampler.fast_forward(0, 5)
+
+
+def test_rank_resolution_and_the_distributed_sampler_guard():
+    assert resolve_rank(None, 1, 4) == (1, 4)
+    assert resolve_rank(None) == (0, 1)
+    connector = SimpleNamespace(use_distributed_sampler=False)
+    assert resolve_rank(SimpleNamespace(global_rank=2, world_size=3, _accelerator_connector=connector)) == (2, 3)
+    connector.use_distributed_sampler = True
+    with pytest.raises(RuntimeError, match="use_distributed_sampler=False"):
+        resolve_rank(SimpleNamespace(global_rank=0, world_size=2, _accelerator_connector=connector))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])

@@ -150,7 +150,8 @@ def test_validation_samples_audio_goes_to_the_run_table_artifact(wandb_run):
     """W&B stores tables with media as a ``run_table`` artifact: its table references 4 WAV clips."""
     staged = sorted(wandb_run["staging"].iterdir())
     tables = {p.read_text() for p in staged if p.read_bytes()[:1] == b"{"}  # wandb stages some twice
-    samples = [t for t in map(json.loads, tables) if t.get("columns") == ["domain", "id", "audio", "reference", "hypothesis"]]
+    columns = ["domain", "id", "audio", "reference", "hypothesis"]
+    samples = [t for t in map(json.loads, tables) if t.get("columns") == columns]
     assert len(samples) == 1
     audio_cells = [row[2] for row in samples[0]["data"]]
     assert [c["_type"] for c in audio_cells] == ["audio-file"] * 4

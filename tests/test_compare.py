@@ -121,6 +121,7 @@ def test_discover_skips_unreadable_runs_and_counts_them(three_runs, tmp_path):
     broken = tmp_path / "runs" / "broken" / "v1"
     broken.mkdir(parents=True)
     (broken / "summary.json").write_text("{not json")
+    (tmp_path / "runs" / "dann" / "latest").symlink_to("v1")  # written by experiments.runs: not a second run
     records, skipped = discover([tmp_path / "runs"])
     assert sorted(r.name for r in records) == ["dann/v1", "finetune/v1", "frozen/v1"]
     assert len(skipped) == 1 and skipped[0][0].endswith("broken/v1") and "JSON" in skipped[0][1]

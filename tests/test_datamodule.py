@@ -295,14 +295,15 @@ def fit(dm, tmp_path, ckpt_path=None, callbacks=()):
     return model.seen
 
 
-def test_resume_mid_epoch_yields_exactly_the_remaining_batches(corpus, tmp_path):
-    ckpts = tmp_path / "ckpt"
-    saver = ModelCheckpoint(dirpath=ckpts, every_n_train_steps=2, save_top_k=-1, filename="{epoch}-{step}")
-    reference = fit(make_dm(corpus, max_duration=1.5), tmp_path, callbacks=[saver])
-    per_epoch = len([s for s in reference if s[0] == 0])
-    assert per_epoch >= 4 and len(reference) > per_epoch
-    second_epoch_step = next(s for s in range(per_epoch + 1, 2 * per_epoch) if s % 2 == 0)
-    for step in (2, second_epoch_step):
-        (ckpt,) = ckpts.glob(f"*-step={step}.ckpt")
-        resumed = fit(make_dm(corpus, max_duration=1.5), tmp_path, ckpt_path=ckpt)
-        assert resumed == reference[step:], f"resume from step {step}"
+def test_resume_yields_exactly_the_remaining_batches(corpus, tmp_path):
+    every_step = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    epoch_end = ModelCheckpoint(dirpath=tmp_path / "epochs", save_top_k=-1, filename="{epoch}")
+    reference = fit(make_dm(corpus, max_duration=1.5), tmp_path, callbacks=[every_step, epoch_end])
+    n = len([s for s in reference if s[0] == 0])  # batches per epoch
+    assert n >= 4 and len(reference) > n and reference[n:] != reference[:n]
+    # mid epoch 0, last batch of epoch 0 (Lightning moves on to epoch 1), mid epoch 1, epoch-end checkpoint
+    cases = [(2, "steps/step=2.ckpt"), (n, f"steps/step={n}.ckpt"), (n + 2, f"steps/step={n + 2}.ckpt"),
+             (n, "epochs/epoch=0.ckpt")]
+    for done, ckpt in cases:
+        resumed = fit(make_dm(corpus, max_duration=1.5), tmp_path, ckpt_path=tmp_path / ckpt)
+        assert resumed == reference[done:], f"resume from {ckpt}"

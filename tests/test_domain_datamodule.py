@@ -144,15 +144,18 @@ def fit(dm, tmp_path, ckpt_path=None, callbacks=()):
     return model.seen
 
 
-def test_trainer_epochs_reshuffle_and_resume_mid_epoch(roots, tmp_path):
-    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}")
-    reference = fit(make_da(roots), tmp_path, callbacks=[saver])
+def test_trainer_epochs_reshuffle_and_resume(roots, tmp_path):
+    every_step = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    epoch_end = ModelCheckpoint(dirpath=tmp_path / "epochs", save_top_k=-1, filename="{epoch}")
+    reference = fit(make_da(roots), tmp_path, callbacks=[every_step, epoch_end])
     manual = make_da(roots).train_dataloader()
     manual.sampler.set_epoch(1)
     epoch1 = ids(manual)
-    assert reference[-len(epoch1):] == epoch1 and reference[: len(epoch1)] != epoch1
-    resumed = fit(make_da(roots), tmp_path, ckpt_path=tmp_path / "ckpt" / "step=3.ckpt")
-    assert resumed == reference[3:]
+    n = len(reference) - len(epoch1)
+    assert reference[n:] == epoch1 and reference[:n] != epoch1
+    for done, ckpt in [(3, "steps/step=3.ckpt"), (n, f"steps/step={n}.ckpt"), (n, "epochs/epoch=0.ckpt")]:
+        resumed = fit(make_da(roots), tmp_path, ckpt_path=tmp_path / ckpt)
+        assert resumed == reference[done:], f"resume from {ckpt}"
 
 
 def test_cli_style_construction(roots):

@@ -12,8 +12,8 @@ import optuna
 import pytest
 import torch
 import yaml
-from pytorch_lightning import Trainer
-from pytorch_lightning.demos.boring_classes import BoringDataModule, BoringModel
+from pytorch_lightning import LightningDataModule, Trainer
+from pytorch_lightning.demos.boring_classes import BoringModel
 
 from callbacks.run_summary import RunSummary
 from experiments import compare, sweep
@@ -30,12 +30,30 @@ class ToyTokenizer:
         return {"kind": "toy"}
 
 
-class ToyData(BoringDataModule):
-    """BoringDataModule with the attributes the CLI links and monitors."""
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.x = torch.randn(n, 32, generator=torch.Generator().manual_seed(n))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"audio": self.x[i], "lengths": torch.tensor(32)}
+
+
+class ToyData(LightningDataModule):
+    """Speech-like dict batches (audio (B, 32), lengths (B,)) plus the attributes the CLI links and monitors."""
 
     val_domains = ["source"]
     vocab_size = 3
+    sample_rate = 16000
     tokenizer = ToyTokenizer()
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(ToyDataset(64), batch_size=4)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(ToyDataset(16), batch_size=4)
 
 
 class ToyModel(BoringModel):
@@ -46,8 +64,11 @@ class ToyModel(BoringModel):
         super().__init__()
         self.lr, self.momentum, self.optimizer_name = lr, momentum, optimizer
 
+    def training_step(self, batch, batch_idx):
+        return self.step(batch["audio"])
+
     def validation_step(self, batch, batch_idx):
-        self.log("val/source/wer", self.step(batch))
+        self.log("val/source/wer", self.step(batch["audio"]))
 
     def configure_optimizers(self):
         if self.optimizer_name == "adam":
@@ -144,9 +165,9 @@ def test_parse_config_reads_overrides_without_instantiating(tmp_path):
 
 
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=4", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=null",
-              "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--data.init_args.num_workers=0",
-              "--checkpoint_every_n_steps=1000"]
+TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=2", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=null",
+              "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false",
+              "--data.init_args.max_duration=10", "--data.init_args.num_workers=0", "--checkpoint_every_n_steps=1000"]
 
 
 def test_optuna_sweep_on_demo_corpus_records_trials_in_sqlite_and_resumes(tmp_path, capsys, monkeypatch):

@@ -224,3 +224,10 @@ def test_finetune_ctc_resume_after_unfreeze_is_exact(tmp_path, one_thread):
     for (name, a), (_, b) in zip(module_a.state_dict().items(), module_b.state_dict().items()):
         assert torch.equal(a, b), name
     _assert_same_optimizer_state(trainer_a.optimizers[0].state_dict(), trainer_b.optimizers[0].state_dict())
+
+
+def test_first_stage_frozen_by_the_module_is_an_error():
+    module = StandInModule()
+    module.head.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"nothing is trainable at the first stage \['head'\]"):
+        fit(module, [GradualUnfreezing({0: ["head"], 2: ["all"]}, unit="step")], max_steps=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,16 +36,25 @@ def launch(out: Path, *flags: str) -> subprocess.Popen:
     """Start the 2-rank script (DDP re-executes it for rank 1)."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     cmd = [sys.executable, str(SCRIPTS / "ddp_unfreeze.py"), "--out", str(out), *flags]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # own process group: both ranks can be killed together
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """Kill whatever is left of a launched run: the launcher and the rank it spawned (one process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # all exited
+    proc.wait()
 
 
 def collect(proc: subprocess.Popen, out: Path) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
     """Wait for a launched run; returns {(rank, step): {param name: tensor}} (metrics stay in ``out``)."""
     try:
         output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    finally:
+        kill(proc)
     assert proc.returncode == 0, output[-5000:]
     return {(r, s): torch.load(out / f"rank{r}_step{s}.pt") for r in (0, 1) for s in SNAPSHOT_STEPS}
 
@@ -54,7 +64,11 @@ def ddp_runs(tmp_path_factory):
     """Both DDP runs (with and without the sync), started together to save wall time."""
     dirs = {"sync": tmp_path_factory.mktemp("ddp_sync"), "nosync": tmp_path_factory.mktemp("ddp_nosync")}
     procs = {"sync": launch(dirs["sync"]), "nosync": launch(dirs["nosync"], "--no-sync")}
-    return {name: (collect(procs[name], dirs[name]), dirs[name]) for name in procs}
+    try:
+        return {name: (collect(procs[name], dirs[name]), dirs[name]) for name in procs}
+    finally:
+        for proc in procs.values():
+            kill(proc)
 
 
 @pytest.fixture(scope="module")

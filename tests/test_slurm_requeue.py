@@ -1,0 +1,46 @@
+"""SlurmRequeue: a real SIGUSR1 mid-training saves last.ckpt at the next step, requeues, stops."""
+
+import os
+import signal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.demos.boring_classes import BoringModel
+
+from callbacks import SlurmRequeue
+
+
+class SignalAtStep(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_sigusr1_checkpoints_requeues_and_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    marker = tmp_path / "requeued"
+    previous = signal.getsignal(signal.SIGUSR1)
+    requeue = SlurmRequeue(requeue_command=f"touch {marker}-{{job_id}}")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_steps=50, callbacks=[requeue, SignalAtStep(5)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 6 == trainer.global_step  # the step in flight finished, then it stopped
+    assert (tmp_path / "requeued-4242").exists()
+    assert signal.getsignal(signal.SIGUSR1) == previous  # handler restored at teardown
+
+
+def test_no_signal_no_checkpoint(tmp_path):
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_steps=3, callbacks=[SlurmRequeue(requeue_command="")], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 3
+    assert not (tmp_path / "checkpoints").exists()
