@@ -128,6 +128,7 @@ class TinySubstitutions:
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
                 make_commonvoice(root / "commonvoice", locale, {s: n for s, n in CV_COUNTS.items() if s != "validated"})
+                add_commonvoice_clip(root / "commonvoice", locale, "train", " ".join(WORDS))
 
 
 def add_librispeech_utterance(root: Path, subset: str, text: str, speaker: int = 999, chapter: int = 1) -> Path:
@@ -138,6 +139,16 @@ def add_librispeech_utterance(root: Path, subset: str, text: str, speaker: int =
     sf.write(folder / f"{uid}.flac", tone_speech(text), 16000)
     (folder / f"{speaker}-{chapter}.trans.txt").write_text(f"{uid} {text.upper()}\n", encoding="utf-8")
     return folder / f"{uid}.flac"
+
+
+def add_commonvoice_clip(root: Path, locale: str, split: str, text: str, sample_rate: int = 48000) -> Path:
+    """Append one tone-speech MP3 clip (``pangram_<split>.mp3``) to a Common Voice split TSV."""
+    clip = Path(root) / locale / "clips" / f"pangram_{split}.mp3"
+    sf.write(clip, tone_speech(text, sample_rate, shift=0.5), sample_rate)
+    row = ["client9", clip.name, text.capitalize() + ".", "2", "0", "", "", "", "", locale, ""]
+    with open(Path(root) / locale / f"{split}.tsv", "a", encoding="utf-8") as f:
+        f.write("\t".join(row) + "\n")
+    return clip
 
 
 def tiny_weights(bundle: str, overrides: dict, work: Path) -> Path:

@@ -1,0 +1,97 @@
+"""``report.md`` of ``transfer_study.py``: test table, expected orderings, compare table, commands."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+
+EXPECTED = [  # (better, worse, claim) on target WER, from the literature
+    ("c_finetune", "a_scratch", "fine-tuning the source model beats training from scratch on the same target subset"),
+    ("e_dann", "b_source_only", "DANN with unlabelled target beats the source-only model on the target"),
+]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def pct(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def test_table(results: dict) -> list[str]:
+    lines = ["| method | target WER % | target CER % | source WER % | source CER % | steps | trainable params "
+             "| fit wall s |", "|---|---|---|---|---|---|---|---|"]
+    for r in results.values():
+        t = r["test"]
+        params, wall = r.get("trainable_params"), r.get("fit_wall_s")
+        params = "" if params is None else f"{params / 1e3:.0f}k"
+        wall = "" if wall is None else f"{wall:.0f}"
+        lines.append(f"| {r['label']} | {pct(t.get('test/target/wer'))} | {pct(t.get('test/target/cer'))} | "
+                     f"{pct(t.get('test/source/wer'))} | {pct(t.get('test/source/cer'))} | {r.get('steps', '')} | "
+                     f"{params} | {wall} |")
+    return lines
+
+
+def orderings(results: dict) -> list[str]:
+    """One line per expected ordering: shown / not shown, with WER and CER."""
+    lines = []
+    for better, worse, claim in EXPECTED:
+        if better not in results or worse not in results:
+            continue
+        b, w = results[better]["test"], results[worse]["test"]
+        verdicts = []
+        for kind in ("wer", "cer"):
+            key = f"test/target/{kind}"
+            if key in b and key in w:
+                verdicts.append(f"target {kind.upper()} {pct(b[key])} vs {pct(w[key])} "
+                                f"({'shown' if b[key] < w[key] else 'NOT shown'})")
+        lines.append(f"- {results[better]['label']} < {results[worse]['label']}: {claim}. " + "; ".join(verdicts))
+    return lines
+
+
+def compare_table(out: Path) -> list[str]:
+    report = out / "compare" / "report.md"
+    if not report.is_file():
+        return ["(compare report missing)"]
+    return [line for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+
+
+def write_study_report(out: Path, study: dict) -> Path:
+    s = study["settings"]
+    corpus = ("generated tone-speech pair (`benchmarks/tone_pair.py`): source LibriSpeech layout, FLAC 16 kHz; "
+              f"target Common Voice layout, MP3 48 kHz, voice shift {s['shift']} (pitch x{1 + 0.25 * s['shift']:.3f}"
+              f" + noise); {s['train']}/{s['dev']}/{s['test']} train/dev/test utterances per domain"
+              if study["corpus"] == "tone" else "experiments/demo_corpus (espeak-ng source vs flite target)")
+    lines = [
+        "# speechxfer transfer study", "",
+        f"- corpus: {corpus}",
+        f"- labelled target subset for (a), (c), (d): {s['target_minutes']:g} min "
+        f"(`CommonVoiceCorpus(max_minutes=...)`); (e) sees the whole target train split WITHOUT labels",
+        f"- budgets: {s['source_steps']} optimizer steps for (b), (e); {s['target_steps']} for (a), (c), (d); "
+        f"batches of <= {s['max_duration']:g} s audio; training batches per epoch {study['epoch_steps']}",
+        "- models: demo configs (quickstart.yaml ScratchEncoder 2xBiLSTM-160 CTC; demo_finetune.yaml with its "
+        "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml), seed 0",
+        "- evaluation: `speechxfer test` on the LAST checkpoint of each run (fixed budget, no model selection), "
+        "greedy CTC decoding",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores; total wall time {study['wall_s'] / 60:.1f} min", "",
+        "## Test set results", "",
+        *test_table(study["results"]), "",
+        "## Expected orderings (target WER)", "",
+        *(orderings(study["results"]) or ["- (not all methods were run)"]), "",
+        "## `speechxfer compare` (best validation values during training)", "",
+        *compare_table(out), "",
+        "Figures: [compare/wer_curves.png](compare/wer_curves.png), "
+        "[compare/target_wer_vs_minutes.png](compare/target_wer_vs_minutes.png)", "",
+    ]
+    if study.get("notes"):
+        lines += ["## Notes", "", *study["notes"], ""]
+    lines += ["## Commands", "", "```bash", *study["commands"], "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

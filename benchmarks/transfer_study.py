@@ -1,0 +1,261 @@
+"""A reproducible transfer-learning study on CPU: five methods, one command, one report.
+
+    python benchmarks/transfer_study.py [--quick] --out runs/study [--corpus tone|demo]
+
+Methods, each trained by the real CLI (``python -m experiments fit``) from the demo experiment configs
+plus command-line overrides, then evaluated on the source and target TEST sets with
+``python -m experiments test`` on its last checkpoint (a fixed budget: no model selection):
+
+    (a) scratch      quickstart.yaml     on the small labelled target subset
+    (b) source_only  quickstart.yaml     on the labelled source; also the source model of (c) and (d)
+    (c) finetune     demo_finetune.yaml  source model -> target subset, staged unfreezing (GradualUnfreezing)
+    (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
+    (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal
+
+Data (``--corpus``): ``tone`` (default) generates a source/target pair of "tone speech"
+(``benchmarks/tone_pair.py``: LibriSpeech layout source, Common Voice layout MP3 target with a shifted
+voice + noise) that tiny CPU models learn in minutes; ``demo`` uses ``experiments/demo_corpus``
+(espeak-ng vs flite real-ish speech, far too hard for a few CPU minutes). Seeds are fixed.
+``speechxfer compare`` then tabulates the runs (best validation values, curves) in
+``OUT/compare/``, and ``OUT/report.md`` gives the test table, the expected orderings from the
+literature ((c) < (a) and (e) < (b) on target WER) with whether this run shows them, the settings and
+the exact commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_common import REPO, commonvoice, librispeech, make_tone_corpus, write_yaml  # noqa: E402
+from benchmarks.study_report import write_study_report  # noqa: E402
+
+DEMO_ROOT = REPO / "experiments" / "demo_corpus"
+
+
+@dataclass
+class Settings:
+    """Budgets of one study (``--quick`` shrinks everything)."""
+
+    train: int = 400             # tone corpus: utterances per domain in train (dev/test below)
+    dev: int = 40
+    test: int = 40
+    shift: float = 0.5           # tone corpus target voice shift (pitch x (1 + 0.25 shift) + noise)
+    target_minutes: float = 1.0  # labelled target subset for (a), (c), (d)
+    max_duration: float = 20.0   # seconds of audio per batch
+    source_steps: int = 300      # (b) and (e)
+    target_steps: int = 150      # (a), (c), (d)
+    val_every: int = 5           # validations per run (approximately)
+    extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra CLI args
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(train=24, dev=4, test=4, target_minutes=0.2, max_duration=8.0, source_steps=4, target_steps=4,
+                   val_every=1)
+
+
+@dataclass
+class Method:
+    key: str
+    config: str
+    data: str                 # "source" | "target_subset" | "dann"
+    needs_source: bool = False
+    steps_of: str = "target"  # which budget: "source" | "target"
+    label: str = ""
+
+
+METHODS = [
+    Method("b_source_only", "quickstart.yaml", "source", steps_of="source", label="(b) source only"),
+    Method("a_scratch", "quickstart.yaml", "target_subset", label="(a) scratch on target subset"),
+    Method("c_finetune", "demo_finetune.yaml", "target_subset", needs_source=True, label="(c) fine-tune, staged"),
+    Method("d_frozen", "demo_frozen.yaml", "target_subset", needs_source=True, label="(d) frozen + head"),
+    Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),
+]
+
+
+# ---------------------------------------------------------------- data configs
+def corpora(kind: str, root: Path) -> dict[str, dict]:
+    """Corpus configs of the study's splits."""
+    if kind == "demo":
+        cv = DEMO_ROOT / "commonvoice"
+        ls = lambda subset: {"class_path": "datamodules.LibriSpeechCorpus",  # noqa: E731
+                             "init_args": {"root": str(DEMO_ROOT), "subsets": [subset]}}
+        cvc = lambda split, **kw: {"class_path": "datamodules.CommonVoiceCorpus",  # noqa: E731
+                                   "init_args": {"root": str(cv), "locale": "en", "split": split, **kw}}
+    else:
+        ls, cvc = (lambda subset: librispeech(root, subset)), (lambda split, **kw: commonvoice(root, split, **kw))
+    return {"source_train": ls("train-clean-100"), "source_dev": ls("dev-clean"), "source_test": ls("test-clean"),
+            "target_train": cvc("train"), "target_dev": cvc("dev"), "target_test": cvc("test"), "cv": cvc}
+
+
+def build_tokenizer(c: dict, cache: Path, path: Path) -> Path:
+    """One character vocabulary for every method: built from the source training text."""
+    from jsonargparse import ArgumentParser
+
+    from datamodules import ASRDataModule, Corpus
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Corpus, "corpus")
+    corpus = parser.instantiate(parser.parse_object({"corpus": c["source_train"]})).corpus
+    ASRDataModule(train=corpus, cache_dir=str(cache)).tokenizer.save(path)
+    return path
+
+
+def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dict:
+    first, second = ("source", "target") if domain == "source" else ("target", "source")
+    return {"class_path": "datamodules.ASRDataModule", "init_args": {
+        "domain": domain, "train": train,
+        "val": {first: c[f"{first}_dev"], second: c[f"{second}_dev"]},
+        "test": {first: c[f"{first}_test"], second: c[f"{second}_test"]},
+        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "frames_per_second": 25.0, "seed": 0,
+        "cache_dir": str(cache), "tokenizer_path": str(cache / "tokenizer.json")}}
+
+
+def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
+    """data_source.yaml, data_target_subset.yaml, data_dann.yaml under ``out/configs``."""
+    cache = out / "cache"
+    subset = c["cv"]("train", max_minutes=s.target_minutes, seed=0)
+    common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "frames_per_second": 25.0,
+              "cache_dir": str(cache), "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
+    dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
+        "target_labels": False,
+        "source": {"class_path": "datamodules.ASRDataModule", "init_args": {
+            "domain": "source", "train": c["source_train"], "val": c["source_dev"], "test": c["source_test"],
+            **common}},
+        "target": {"class_path": "datamodules.ASRDataModule", "init_args": {
+            "domain": "target", "train": c["target_train"], "val": c["target_dev"], "test": c["target_test"],
+            **common}}}}
+    configs = {"source": asr_data("source", c["source_train"], c, s, cache),
+               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann}
+    return {k: write_yaml(out / "configs" / f"data_{k}.yaml", v) for k, v in configs.items()}
+
+
+def steps_per_epoch(data_config: Path) -> int:
+    """Training batches per epoch of a data config (the samplers are deterministic)."""
+    from jsonargparse import ArgumentParser
+    from pytorch_lightning import LightningDataModule
+
+    from datamodules.sampling import DurationBucketingSampler
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    dm = parser.instantiate(parser.parse_args(["--data", str(data_config)])).data
+    dm = getattr(dm, "source", dm)  # domain adaptation: an epoch is one pass over the source
+    sampler = DurationBucketingSampler(dm.train_cuts(), max_duration=dm.max_duration, num_buckets=dm.num_buckets,
+                                       shuffle=True, seed=dm.seed)
+    return sum(1 for _ in sampler)
+
+
+# ---------------------------------------------------------------- runs
+def cli(args: list[str], log: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    env.pop("SPEECHXFER_RUN_DIR", None)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ python -m experiments " + " ".join(args) + "\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, env=env, stdout=f,
+                              stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"`python -m experiments {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
+
+
+def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_steps: dict[str, int]) -> list[str]:
+    """Config + overrides shared by fit and test of method ``m``."""
+    budget = s.source_steps if m.steps_of == "source" else s.target_steps
+    per_epoch = max(1, epoch_steps[m.data])
+    epochs = max(1, -(-budget // per_epoch))
+    args = ["--config", str(REPO / "experiments" / m.config), "--data", str(data[m.data]),
+            "--experiment", "study", "--run_name", m.key, "--wandb", "false",
+            "--trainer.max_epochs", str(epochs), "--trainer.max_steps", str(budget),
+            "--trainer.check_val_every_n_epoch", str(max(1, epochs // s.val_every)),
+            "--checkpoint_every_n_steps", str(budget)]
+    if m.needs_source:
+        args += ["--model.init_args.backbone.init_args.path",
+                 str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]
+    if m.key == "c_finetune":  # the demo schedule in epochs, stretched to this budget: head, +top layer, all
+        schedule = {0: ["head"], max(1, epochs // 5): ["top:1"], max(2, 2 * epochs // 5): ["all"]}
+        override = {"callbacks": [{"class_path": "callbacks.GradualUnfreezing", "init_args": {
+            "unit": "epoch", "schedule": schedule, "warmup_steps": 10}}]}
+        args += ["--config", str(write_yaml(out / "configs" / "finetune_schedule.yaml", override))]
+    if m.key == "d_frozen":
+        args += ["--model.init_args.feature_cache_dir", str(out / "feature_cache")]
+    return args + s.extra.get(m.key, [])
+
+
+def read_test_metrics(run_dir: Path) -> dict[str, float]:
+    path = next(p for p in (run_dir / "metrics.csv", run_dir / "csv" / "metrics.csv") if p.is_file())
+    values = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            values.update({k: float(v) for k, v in row.items() if v and k.startswith("test/")})
+    return values
+
+
+def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "study.log"
+    root = out / "corpus"
+    t0 = time.perf_counter()
+    if corpus == "tone":
+        make_tone_corpus(root, s.train, s.dev, s.test, target_shift=s.shift)
+    data = write_data_configs(out, corpora(corpus, root), s)
+    epoch_steps = {k: steps_per_epoch(p) for k, p in data.items()}
+    results, commands = {}, []
+    for m in METHODS:
+        if only and m.key not in only:
+            continue
+        args = method_args(m, out, data, s, epoch_steps)
+        fit = ["fit", *args, "--runs_dir", str(out / "runs")]
+        ckpt = out / "runs" / "study" / m.key / "checkpoints" / "last.ckpt"
+        test = ["test", *args, "--runs_dir", str(out / "test_runs"), "--ckpt_path", str(ckpt)]
+        start = time.perf_counter()
+        print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: fit ...", flush=True)
+        cli(fit, log)
+        cli(test, log)
+        metrics = read_test_metrics(out / "test_runs" / "study" / m.key)
+        summary = json.loads((out / "runs" / "study" / m.key / "summary.json").read_text())
+        results[m.key] = {"label": m.label, "test": metrics, "fit_wall_s": summary.get("wall_time_s"),
+                          "total_wall_s": time.perf_counter() - start, "steps": summary.get("global_step"),
+                          "trainable_params": summary.get("max_trainable_params")}
+        commands += ["python -m experiments " + " ".join(fit), "python -m experiments " + " ".join(test)]
+        print(f"         target WER {metrics.get('test/target/wer', float('nan')):.3f} "
+              f"CER {metrics.get('test/target/cer', float('nan')):.3f} | source WER "
+              f"{metrics.get('test/source/wer', float('nan')):.3f} CER {metrics.get('test/source/cer', float('nan')):.3f}"
+              f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    compare = ["compare", str(out / "runs"), "--out", str(out / "compare"), "--format", "md"]
+    cli(compare, log)
+    commands.append("python -m experiments " + " ".join(compare))
+    study = {"corpus": corpus, "settings": s.__dict__, "epoch_steps": epoch_steps, "results": results,
+             "commands": commands, "wall_s": time.perf_counter() - t0}
+    (out / "study.json").write_text(json.dumps(study, indent=2), encoding="utf-8")
+    write_study_report(out, study)
+    return study
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--quick", action="store_true", help="tiny corpus and a few steps per method (smoke run)")
+    parser.add_argument("--corpus", choices=["tone", "demo"], default="tone")
+    parser.add_argument("--only", default="", help="comma-separated method keys (default: all)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a Settings field")
+    args = parser.parse_args(argv)
+    s = Settings.quick() if args.quick else Settings()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        setattr(s, key, type(getattr(s, key))(value))
+    study = run_study(args.out.resolve(), args.corpus, s, [k for k in args.only.split(",") if k] or None)
+    print(f"wrote {args.out / 'report.md'} ({study['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

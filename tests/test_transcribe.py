@@ -1,0 +1,117 @@
+"""``speechxfer transcribe``: the checkpoint alone (no config, any cwd), one line per file, clear errors.
+
+The model is the 2-step quickstart checkpoint (``tests.cli_helpers.shared_quickstart_run``): its text
+is gibberish, but it must be exactly what ``load_model(ckpt).transcribe`` gives for each file alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from experiments.cli import main
+from lightning_modules import load_model
+from tests.cli_helpers import REPO, cli_env, shared_quickstart_run
+from tests.corpus_factory import tone_speech
+
+REAL_SPEECH = REPO / "tests" / "fixtures" / "real_speech"
+AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """The quickstart checkpoint, copied alone into an empty folder."""
+    source = shared_quickstart_run(tmp_path_factory) / "checkpoints" / "last.ckpt"
+    target = tmp_path_factory.mktemp("ckpt_only") / "model.ckpt"
+    shutil.copy(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return load_model(ckpt)
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory) -> dict[str, Path]:
+    """A 16 kHz FLAC, and a folder with a stereo 22.05 kHz WAV, a nested 48 kHz MP3 and a non-audio file."""
+    root = tmp_path_factory.mktemp("audio")
+    (root / "folder" / "sub").mkdir(parents=True)
+    files = {"flac": root / "one.flac", "wav": root / "folder" / "two.wav", "mp3": root / "folder" / "sub" / "three.mp3"}
+    sf.write(files["flac"], tone_speech("the big dog"), 16000)
+    left = tone_speech("a red box", 22050, seed=1)
+    sf.write(files["wav"], np.stack([left, 0.5 * left], axis=1), 22050)
+    sf.write(files["mp3"], tone_speech("sun", 48000, seed=2), 48000)
+    (root / "folder" / "notes.txt").write_text("not audio")
+    return {**files, "folder": root / "folder"}
+
+
+def direct_transcript(model, path: Path) -> str:
+    """``model.transcribe`` on one file alone: mono mixdown, resampled to 16 kHz."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    wave = torch.from_numpy(data).mean(dim=1)
+    if rate != 16000:
+        wave = AF.resample(wave, rate, 16000)
+    return model.transcribe(wave[None], torch.tensor([len(wave)]))[0]
+
+
+def parse(stdout: str) -> list[tuple[str, str]]:
+    return [tuple(line.split("\t", 1)) for line in stdout.splitlines() if line.strip()]
+
+
+def test_console_command_from_checkpoint_alone(ckpt, model, audio, tmp_path):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    command = [shutil.which("speechxfer")] if shutil.which("speechxfer") else [sys.executable, "-m", "experiments"]
+    env = cli_env()
+    env.pop("PYTHONPATH")  # the installed command alone
+    proc = subprocess.run([*command, "transcribe", "--ckpt", str(ckpt), str(audio["flac"]), str(audio["folder"])],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = parse(proc.stdout)
+    expected = [audio["flac"], audio["mp3"], audio["wav"]]  # as given; the folder expanded recursively, sorted
+    assert [Path(p) for p, _ in lines] == expected
+    assert [text for _, text in lines] == [direct_transcript(model, p) for p in expected]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.ckpt"], "nothing written next to the checkpoint"
+
+
+def test_batching_does_not_change_transcripts(ckpt, model, audio, capsys):
+    files = [str(audio[k]) for k in ("flac", "wav", "mp3")]
+    assert main(["transcribe", "--ckpt", str(ckpt), "--max-seconds", "0.5", *files]) == 0  # one file per batch
+    one_by_one = parse(capsys.readouterr().out)
+    assert main(["transcribe", "--ckpt", str(ckpt), *files]) == 0  # one padded batch
+    together = parse(capsys.readouterr().out)
+    assert one_by_one == together == [(f, direct_transcript(model, Path(f))) for f in files]
+
+
+def test_unreadable_files_are_named_and_exit_1(ckpt, audio, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    missing = tmp_path / "missing.mp3"
+    args = ["transcribe", "--ckpt", str(ckpt), str(audio["flac"]), str(corrupt), str(empty), str(missing)]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert [p for p, _ in parse(out)] == [str(audio["flac"])], "readable files are still transcribed"
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3
+    for path, reason in ((corrupt, "cannot decode"), (empty, "zero-length"), (missing, "")):
+        assert any(str(path) in line and reason in line for line in errors), (path, err)
+
+
+def test_real_recordings(ckpt, capsys):
+    expected = sorted(p for p in REAL_SPEECH.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    assert len(expected) >= 3
+    assert main(["transcribe", "--ckpt", str(ckpt), str(REAL_SPEECH)]) == 0
+    lines = parse(capsys.readouterr().out)
+    assert [Path(p) for p, _ in lines] == expected
+    assert all(isinstance(text, str) for _, text in lines)
