@@ -168,16 +168,21 @@ def cli(args: list[str], log: Path) -> None:
         raise RuntimeError(f"`python -m experiments {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
 
 
+def epoch_budget(steps: int, per_epoch: int, validations: int) -> tuple[int, int]:
+    """(epochs, validate every n epochs): whole epochs covering ``steps``, the last one validated."""
+    epochs = max(1, round(steps / max(1, per_epoch)))
+    every = max(1, epochs // max(1, validations))
+    return -(-epochs // every) * every, every
+
+
 def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_steps: dict[str, int]) -> list[str]:
     """Config + overrides shared by fit and test of method ``m``."""
-    budget = s.source_steps if m.steps_of == "source" else s.target_steps
-    per_epoch = max(1, epoch_steps[m.data])
-    epochs = max(1, -(-budget // per_epoch))
+    epochs, val_every = epoch_budget(s.source_steps if m.steps_of == "source" else s.target_steps,
+                                     epoch_steps[m.data], s.val_every)
     args = ["--config", str(REPO / "experiments" / m.config), "--data", str(data[m.data]),
             "--experiment", "study", "--run_name", m.key, "--wandb", "false",
-            "--trainer.max_epochs", str(epochs), "--trainer.max_steps", str(budget),
-            "--trainer.check_val_every_n_epoch", str(max(1, epochs // s.val_every)),
-            "--checkpoint_every_n_steps", str(budget)]
+            "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
+            "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", "1000000"]
     if m.needs_source:
         args += ["--model.init_args.backbone.init_args.path",
                  str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]

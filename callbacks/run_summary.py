@@ -22,7 +22,6 @@ At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import time
@@ -33,7 +32,6 @@ import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 
-log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
 

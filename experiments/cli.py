@@ -120,9 +120,18 @@ def run_tags(model: LightningModule, datamodule: LightningDataModule) -> list[st
     return tags
 
 
-def build_cli(args: Sequence[str] | None = None, run: bool = True) -> SpeechCLI:
-    """Build (and by default run) the training CLI; ``args`` as on the command line."""
-    return SpeechCLI(
+def build_cli(
+    args: Sequence[str] | None = None,
+    run: bool = True,
+    cli_class: type[SpeechCLI] | None = None,
+    exit_on_error: bool = True,
+) -> SpeechCLI:
+    """Build (and by default run) the training CLI; ``args`` as on the command line.
+
+    ``cli_class`` lets tools (sweeps, config checks) extend SpeechCLI; ``exit_on_error=False``
+    raises jsonargparse's ArgumentError instead of exiting.
+    """
+    return (cli_class or SpeechCLI)(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -131,7 +140,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> SpeechCLI:
         run=run,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "exit_on_error": exit_on_error},
     )
 
 

@@ -86,7 +86,8 @@ def markdown_report(records: list[RunRecord], skipped: list[tuple[str, str]]) ->
     lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
     for row in rows:
         lines.append("| " + " | ".join(row[key].replace("|", "\\|") for key, _ in COLUMNS) + " |")
-    lines += ["", "![validation WER curves](wer_curves.png)", "", "![target WER vs labelled minutes](target_wer_vs_minutes.png)"]
+    lines += ["", "![validation WER curves](wer_curves.png)", ""]
+    lines += ["![target WER vs labelled minutes](target_wer_vs_minutes.png)"]
     if skipped:
         lines += ["", f"## Skipped ({len(skipped)})", ""] + [f"- `{path}`: {reason}" for path, reason in skipped]
     return "\n".join(lines) + "\n"

@@ -60,7 +60,8 @@ def plot_target_wer_vs_minutes(records: list[RunRecord], path: Path) -> Path:
             ax.set_xscale("symlog", linthresh=min(positive))
     else:
         _empty(ax, "no run has both a target WER and labelled target minutes")
-    ax.set(xlabel="labelled target-domain minutes", ylabel="best target WER", title="Target WER vs labelled target data")
+    ax.set(xlabel="labelled target-domain minutes", ylabel="best target WER",
+           title="Target WER vs labelled target data")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -30,6 +30,8 @@ def resolve_run_dir(runs_dir: str, experiment: str, run_name: str | None, resume
     base = Path(runs_dir) / experiment
     if run_name:
         version = run_name
+    elif os.environ.get("WANDB_RUN_ID"):  # a W&B sweep agent names each run
+        version = f"wandb-{os.environ['WANDB_RUN_ID']}"
     elif os.environ.get("SLURM_JOB_ID"):
         version = f"slurm-{os.environ['SLURM_JOB_ID']}"
     elif resume_last and (latest := latest_resumable_run(base)) is not None:

@@ -23,8 +23,8 @@ ranks a run by the metric's value in the run summary (its last logged value).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +44,6 @@ from experiments.sweep_spec import (
     trial_args,
 )
 
-log = logging.getLogger(__name__)
 WANDB_DISTRIBUTIONS = {"log_uniform": "log_uniform_values", "uniform": "uniform", "int_uniform": "int_uniform"}
 
 
@@ -83,9 +82,8 @@ class OptunaPruning(Callback):
 
 def run_trial(args: Sequence[str], callbacks: Sequence[Callback]) -> None:
     """Run ``speechxfer <args>`` in this process with extra trainer ``callbacks``."""
-    from pytorch_lightning import LightningDataModule
 
-    from experiments.cli import TRAINER_DEFAULTS, SpeechCLI
+    from experiments.cli import SpeechCLI, build_cli
     from experiments.runs import RUN_DIR_ENV
 
     class _TrialCLI(SpeechCLI):
@@ -95,17 +93,7 @@ def run_trial(args: Sequence[str], callbacks: Sequence[Callback]) -> None:
     previous = os.environ.pop(RUN_DIR_ENV, None)  # each trial picks its own run dir
     try:
         with quiet_args_warning():
-            _TrialCLI(  # mirrors experiments.cli.build_cli
-                LightningModule,
-                LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                args=list(args),
-                run=True,
-                trainer_defaults=TRAINER_DEFAULTS,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs={"default_env": False, "exit_on_error": False},
-            )
+            build_cli(args, cli_class=_TrialCLI, exit_on_error=False)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
         if previous is not None:
@@ -115,8 +103,6 @@ def run_trial(args: Sequence[str], callbacks: Sequence[Callback]) -> None:
 
 def _finish_wandb() -> None:
     """Close the W&B run of a trial, otherwise the next trial's WandbLogger would reuse it."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
@@ -141,7 +127,11 @@ def make_objective(spec: SweepSpec, runs_dir: str):
         args = trial_args(
             spec, values, ["--experiment", experiment, "--run_name", run_name, "--runs_dir", runs_dir]
         )
-        trial.set_user_attr("run_dir", str(Path(runs_dir) / experiment / run_name))
+        run_dir = Path(runs_dir) / experiment / run_name
+        if run_dir.exists():
+            raise FileExistsError(f"{run_dir} exists (an earlier study named {spec.study_name!r}?); "
+                                  "pass --study-name or move it away")
+        trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("args", args)
         pruning = OptunaPruning(trial, spec.metric, spec.direction)
         run_trial(args, [pruning])
@@ -174,7 +164,8 @@ def make_study(spec: SweepSpec, storage: str) -> optuna.Study:
             n_warmup_steps=int(spec.pruner.get("warmup_steps", 0)),
         )
     seed = spec.sampler.get("seed")
-    sampler = optuna.samplers.RandomSampler(seed) if spec.sampler["type"] == "random" else optuna.samplers.TPESampler(seed=seed)
+    random = spec.sampler["type"] == "random"
+    sampler = optuna.samplers.RandomSampler(seed) if random else optuna.samplers.TPESampler(seed=seed)
     return optuna.create_study(
         storage=rdb,
         study_name=spec.study_name,
@@ -185,6 +176,10 @@ def make_study(spec: SweepSpec, storage: str) -> optuna.Study:
     )
 
 
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def trials_table(study: optuna.Study) -> str:
     """Plain-text table of every trial: number, state, value, parameters, run dir."""
     keys = sorted({k for t in study.trials for k in t.params})
@@ -192,7 +187,7 @@ def trials_table(study: optuna.Study) -> str:
     rows = [header]
     for t in study.trials:
         value = "" if t.value is None else f"{t.value:.4g}"
-        params = [f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "")) for k in keys]
+        params = [_cell(t.params.get(k, "")) for k in keys]
         rows.append([str(t.number), t.state.name, value, *params, str(t.user_attrs.get("run_dir", ""))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -240,6 +235,10 @@ def wandb_sweep_config(spec: SweepSpec, method: str = "bayes", project: str = "s
 
 def export_wandb(spec: SweepSpec, out: Path, method: str, project: str) -> int:
     """Write the W&B sweep YAML and print how to start it."""
+    continuous = [p.key for p in spec.parameters if p.distribution != "categorical"]
+    if method == "grid" and continuous:
+        print(f"error: --method grid needs categorical parameters only; {continuous} are distributions")
+        return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(wandb_sweep_config(spec, method, project), sort_keys=False), encoding="utf-8")
     print(f"wrote W&B sweep config {out}\nstart it with:\n  wandb sweep {out}\n"
@@ -255,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-trials", type=int, help="trials to run now (default: the spec's n_trials)")
     parser.add_argument("--study-name", help="default: the spec's study_name, else the spec file name")
     parser.add_argument("--runs-dir", default="runs", help="root of the trial run directories")
-    parser.add_argument("--out", type=Path, help="wandb backend: sweep YAML path (default: <runs_dir>/sweeps/<study>.wandb.yaml)")
+    parser.add_argument("--out", type=Path,
+                        help="wandb backend: output YAML (default <runs_dir>/sweeps/<study>.wandb.yaml)")
     parser.add_argument("--method", choices=["bayes", "random", "grid"], default="bayes", help="wandb search method")
     parser.add_argument("--wandb-project", default="speechxfer")
     parser.add_argument("--skip-key-check", action="store_true", help="do not parse the config to check the keys")

@@ -197,9 +197,8 @@ def parse_config(args: Sequence[str]):
     when an argument is unknown or has the wrong type.
     """
     from jsonargparse import ArgumentError
-    from pytorch_lightning import LightningDataModule, LightningModule
 
-    from experiments.cli import TRAINER_DEFAULTS, SpeechCLI
+    from experiments.cli import SpeechCLI, build_cli
 
     class _Parsed(Exception):
         def __init__(self, config):
@@ -211,17 +210,7 @@ def parse_config(args: Sequence[str]):
 
     try:
         with quiet_args_warning():
-            _ParseOnlyCLI(  # mirrors experiments.cli.build_cli, with errors raised instead of exiting
-                LightningModule,
-                LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                args=list(args),
-                run=True,
-                trainer_defaults=TRAINER_DEFAULTS,
-                parser_kwargs={"default_env": False, "exit_on_error": False},
-                seed_everything_default=None,
-            )
+            build_cli(args, cli_class=_ParseOnlyCLI, exit_on_error=False)
     except _Parsed as parsed:
         return parsed.config
     except ArgumentError as err:

@@ -22,7 +22,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{ckpt_path}: not a speechxfer checkpoint (no 'speechxfer' entry; "
                          "was it saved by a CTCModule through a Trainer?)")
     cls = import_class(info["module_class"])
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    # LightningCLI adds "_class_path" / "_instantiator" entries: not init arguments
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     hparams["tokenizer"] = info.get("tokenizer") or hparams.get("tokenizer")
     model = cls(backbone=build_backbone(info["backbone_config"]), **hparams)
     model.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -1,15 +1,16 @@
 """Helpers for the end-to-end CLI tests: tiny stand-ins for real experiment configs, CLI runners, probes.
 
-    tiny_config(config, work, ckpt)   experiment YAML -> self-contained temp YAML that runs on CPU in seconds
-    cli_env()                          environment for ``python -m experiments`` subprocesses (W&B offline)
-    run_cli(args, ...)                 run ``python -m experiments ARGS``; fails with the output tail
-    wait_for(predicate, proc, ...)     poll until ``predicate()`` is truthy (or the process died)
-    read_metrics(run_dir)              last logged value of every column of ``csv/metrics.csv``
-    callbacks_yaml(path, callbacks)    an extra ``--config`` adding top-level ``callbacks:``
+    tiny_config(config, work, ckpt)    experiment YAML -> self-contained temp YAML that runs on CPU in seconds
+    callbacks_yaml(path, callbacks)     a later ``--config`` setting the top-level ``callbacks:`` list
+    run_cli(args) / cli_command(args)   ``python -m experiments ARGS`` (env: ``cli_env()``, W&B offline)
+    in_process_cli(cwd)                 context for ``build_cli``/``main`` in the test process (env restored)
+    wait_for(predicate, proc)           poll until truthy (or the process died)
+    read_metrics(run_dir)               last logged value of every column of the run's ``metrics.csv``
+    shared_workdir / shared_quickstart_run   per-session artefacts shared by the CLI test modules
 
-Callbacks the tests inject through configs (importable from subprocesses via ``PYTHONPATH``):
-``DumpTrainState`` (per-rank parameters + ``requires_grad`` at fit end) and ``Throttle`` (sleeps
-each step after a given step, so a SIGKILL lands mid-epoch).
+Callbacks the tests inject through configs (subprocesses import them via ``PYTHONPATH``):
+``DumpTrainState`` (per-step batch ids / epoch / trainable set, per-rank final parameters) and
+``Throttle`` (sleeps before each step from a given step on: a window for SIGKILL).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ TINY_TORCHAUDIO = {
 }
 CPU_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true"}
 LS_COUNTS = {"train": 12, "dev": 4, "test": 4}  # utterances per generated LibriSpeech subset, by prefix
-CV_COUNTS = {"train": 12, "dev": 4, "test": 4, "validated": 12}
+CV_COUNTS = {"train": 12, "dev": 4, "test": 4}  # clips per generated Common Voice split (others: 4)
 
 
 # ---------------------------------------------------------------- configs
@@ -127,7 +129,8 @@ class TinySubstitutions:
                 add_librispeech_utterance(root, subset, " ".join(WORDS))
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
-                make_commonvoice(root / "commonvoice", locale, {s: n for s, n in CV_COUNTS.items() if s != "validated"})
+                splits = (set(CV_COUNTS) | {s for loc, s in self.commonvoice if loc == locale}) - {"validated"}
+                make_commonvoice(root / "commonvoice", locale, {s: CV_COUNTS.get(s, 4) for s in sorted(splits)})
                 add_commonvoice_clip(root / "commonvoice", locale, "train", " ".join(WORDS))
 
 
@@ -204,15 +207,32 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cli_command(args: list[str]) -> list[str]:
+@contextmanager
+def in_process_cli(cwd: Path | None = None) -> Iterator[None]:
+    """Run the CLI inside the test process: one thread, W&B offline, and afterwards the environment
+    (the CLI exports ``SPEECHXFER_RUN_DIR``, ``PL_GLOBAL_SEED``, ...), cwd and thread count restored."""
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    os.environ.pop("SPEECHXFER_RUN_DIR", None)
+    os.environ["WANDB_MODE"] = "offline"
+    torch.set_num_threads(1)
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def cli_command(args: list) -> list[str]:
     return [sys.executable, "-m", "experiments", *map(str, args)]
 
 
-def run_cli(args: list[str], cwd: Path = REPO, timeout: float = 500, check: bool = True,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(args: list, cwd: Path = REPO, timeout: float = 500, check: bool = True) -> subprocess.CompletedProcess:
     """``python -m experiments ARGS``; with ``check`` a non-zero exit fails showing the output tail."""
-    proc = subprocess.run(cli_command(args), cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cli_command(args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"`speechxfer {' '.join(map(str, args))}` exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -235,7 +255,7 @@ def wait_for(predicate: Callable[[], Any], proc: subprocess.Popen | None = None,
 
 
 def read_metrics(run_dir: Path) -> dict[str, float]:
-    """Last non-empty value of every column of ``run_dir/csv/metrics.csv`` (CSVLogger layout)."""
+    """Last non-empty value of every column of the CSVLogger ``metrics.csv`` under ``run_dir``."""
     files = list(Path(run_dir).rglob("metrics.csv"))
     if not files:
         raise AssertionError(f"no metrics.csv under {run_dir}")

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from experiments.cli import build_cli
-from experiments.runs import RUN_DIR_ENV
 from tests.cli_helpers import (
     EXPERIMENTS,
     REPO,
+    in_process_cli,
     load_ckpt,
     read_metrics,
     read_steps,
@@ -100,22 +100,16 @@ def test_dann(work: Path, tmp_path: Path):
     assert load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == MAX_STEPS
 
 
-def test_validation_metrics_synced_across_ranks(quickstart_run: Path, tmp_path: Path, monkeypatch):
+def test_validation_metrics_synced_across_ranks(quickstart_run: Path, tmp_path: Path):
     ckpt = quickstart_run / "checkpoints" / "last.ckpt"
     args = ["validate", "--config", str(EXPERIMENTS / "quickstart.yaml"), "--ckpt_path", str(ckpt),
             "--runs_dir", str(tmp_path), "--wandb", "false"]
     run_cli([*args, *DDP, "--run_name", "ddp"], cwd=REPO)
     ddp = read_metrics(tmp_path / "quickstart" / "ddp")
 
-    monkeypatch.chdir(REPO)  # the demo corpus paths are relative to the repository
-    monkeypatch.setenv(RUN_DIR_ENV, "")  # restored (unset) after the test
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = {k: float(v) for k, v in build_cli([*args, "--run_name", "single"]).trainer.callback_metrics.items()}
-    finally:
-        torch.set_num_threads(threads)
+    with in_process_cli(cwd=REPO):  # the demo corpus paths are relative to the repository
+        metrics = build_cli([*args, "--run_name", "single"]).trainer.callback_metrics
+        single = {k: float(v) for k, v in metrics.items()}
 
     keys = [f"val/{d}/{m}" for d in ("source", "target") for m in ("wer", "cer", "loss")]
     for key in keys:

@@ -131,11 +131,12 @@ def unfreeze_state(ckpt: dict) -> dict:
 
 def test_kills_hit_an_epoch_end_then_mid_epoch_between_the_unfreezes(runs):
     (step_1, last_1, _), (step_2, last_2, batches_2) = map(loop_position, runs["kills"])
-    assert UNFREEZE_1 < step_1 < step_2 < min(UNFREEZE_2, MAX_STEPS), (step_1, step_2)
+    assert UNFREEZE_1 < step_1 < step_2 < MAX_STEPS, (step_1, step_2)
     assert last_1 and not last_2 and batches_2 > 0
     for ckpt in runs["kills"]:
         assert {"state_dict", "optimizer_states", "loops", "callbacks", "lr_schedulers"} <= set(ckpt)
-        assert unfreeze_state(ckpt)["applied"] == [0, UNFREEZE_1]
+        assert unfreeze_state(ckpt)["applied"] == [k for k in sorted(SCHEDULE) if k < ckpt["global_step"]]
+    assert step_1 < UNFREEZE_2, "a stage must remain to be unfrozen after the resumes"
 
 
 def test_every_step_saw_the_same_batch_epoch_and_trainable_set(runs):
@@ -181,3 +182,38 @@ def test_trainable_set_after_the_last_resume(runs):
     b = torch.load(runs["b"] / "train_state_rank0.pt")  # written by the last resumed process
     assert a["global_step"] == b["global_step"] == MAX_STEPS
     assert a["requires_grad"] == b["requires_grad"] and all(a["requires_grad"].values())
+
+
+def saved_after_last_batch(is_last_batch: bool = True) -> dict:
+    """The loop state Lightning checkpoints in ``on_train_batch_end`` of batch 4 of epoch 0 (4 batches)."""
+    batches = {"ready": 4, "completed": 3, "started": 4, "processed": 4}
+    epochs = {"ready": 1, "completed": 0, "started": 1, "processed": 0}
+    return {"epoch": 0, "ASRDataModule": {"train_sampler": {"epoch": 0, "batches": 4, "world_size": 1, "seed": 0}},
+            "loops": {"fit_loop": {
+                "epoch_loop.state_dict": {"_batches_that_stepped": 3},
+                "epoch_loop.batch_progress": {"total": dict(batches), "current": dict(batches),
+                                              "is_last_batch": is_last_batch},
+                "epoch_progress": {"total": dict(epochs), "current": dict(epochs)}}}}
+
+
+def test_epoch_end_checkpoint_resumes_as_next_epoch_start():
+    from types import SimpleNamespace
+
+    from experiments.runs import ResumeAtEpochEnd
+
+    trainer = SimpleNamespace(datamodule=type("ASRDataModule", (), {})())
+    ckpt = saved_after_last_batch()
+    ResumeAtEpochEnd().on_load_checkpoint(trainer, None, ckpt)
+    loops = ckpt["loops"]["fit_loop"]
+    assert loops["epoch_progress"]["total"] == {"ready": 2, "started": 1, "processed": 1, "completed": 1}
+    assert loops["epoch_progress"]["current"] == loops["epoch_progress"]["total"]
+    batches = loops["epoch_loop.batch_progress"]
+    assert batches["current"] == {"ready": 0, "completed": 0, "started": 0, "processed": 0}
+    assert batches["total"]["completed"] == 4 and batches["is_last_batch"] is False
+    assert loops["epoch_loop.state_dict"]["_batches_that_stepped"] == 4
+
+    for untouched, datamodule in ((saved_after_last_batch(is_last_batch=False), trainer.datamodule),  # mid-epoch
+                                  (saved_after_last_batch(), object())):  # a datamodule without sampler state
+        before = repr(untouched)
+        ResumeAtEpochEnd().on_load_checkpoint(SimpleNamespace(datamodule=datamodule), None, untouched)
+        assert repr(untouched) == before

@@ -36,9 +36,8 @@ def cv_train(minutes):
 def write_run(run_dir: Path, model: str, data: dict, curves: dict[str, list[float]], summary: dict | None) -> Path:
     """A run dir like ``speechxfer fit`` writes: config.yaml, metrics.csv (train + val rows), summary.json."""
     run_dir.mkdir(parents=True)
-    config = {"model": {"class_path": f"lightning_modules.{model}",
-                        "init_args": {"backbone": {"class_path": "lightning_modules.backbones.scratch.ScratchBackbone"}}},
-              "data": data}
+    backbone = {"class_path": "lightning_modules.backbones.scratch.ScratchBackbone"}
+    config = {"model": {"class_path": f"lightning_modules.{model}", "init_args": {"backbone": backbone}}, "data": data}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     columns = ["epoch", "step", "train/loss", *curves]
     with open(run_dir / "metrics.csv", "w", newline="") as f:
@@ -69,7 +68,8 @@ def three_runs(tmp_path: Path) -> list[Path]:
     dann = write_run(  # killed before summary.json: everything derived from config.yaml + metrics.csv
         runs / "dann" / "v1", "dann.DANNCTC",
         corpus("domain.DomainAdaptationDataModule", target_labels=False,
-               source=corpus("asr.ASRDataModule", train=LIBRI), target=corpus("asr.ASRDataModule", train=cv_train(None))),
+               source=corpus("asr.ASRDataModule", train=LIBRI),
+               target=corpus("asr.ASRDataModule", train=cv_train(None))),
         {"val/source/wer": [0.5, 0.3, 0.2], "val/target/wer": [0.8, 0.6, 0.35]},
         None,
     )
@@ -177,6 +177,7 @@ def test_wandb_offline_run_is_read_from_its_transaction_log(tmp_path, monkeypatc
     run.summary["speechxfer"] = {"labelled_target_minutes": 5, "wall_time_s": 12.5,
                                  "best": {"val/target/wer": {"value": 0.5, "step": 20}}}
     run.finish()
+    wandb.teardown()  # stops the W&B service: the transaction log is fully written
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     record = load_wandb_offline(run_dir)
     assert (record.name, record.method, record.backbone) == ("dann/v7", "dann", "scratch")

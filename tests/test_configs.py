@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -20,11 +19,11 @@ import torch
 import yaml
 
 from experiments.cli import build_cli
-from experiments.runs import RUN_DIR_ENV
 from tests.cli_helpers import (
     COMPONENT_CONFIGS,
     EXPERIMENT_CONFIGS,
     EXPERIMENTS,
+    in_process_cli,
     load_ckpt,
     read_metrics,
     shared_quickstart_run,
@@ -34,15 +33,10 @@ from tests.cli_helpers import (
 
 
 @pytest.fixture
-def quiet_cli(monkeypatch, tmp_path):
-    """In-process CLI runs: one thread, W&B offline, no inherited run dir, cwd in a temp dir."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    torch.set_num_threads(threads)
+def quiet_cli(tmp_path):
+    """In-process CLI runs from an empty temp cwd (see ``in_process_cli``)."""
+    with in_process_cli(cwd=tmp_path):
+        yield tmp_path
 
 
 @pytest.fixture(scope="session")
@@ -144,4 +138,3 @@ def test_quickstart_run_writes_the_run_directory(quickstart_run: Path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2
     assert "val/target/wer" in summary["best"]
-    assert os.environ.get(RUN_DIR_ENV) is None, "the test process must not inherit a run dir"

@@ -164,8 +164,9 @@ def test_parse_config_reads_overrides_without_instantiating(tmp_path):
 
 
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=2", "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=null",
-              "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false",
+TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=2", "--trainer.max_epochs=1",
+              "--trainer.check_val_every_n_epoch=null", "--trainer.val_check_interval=1",
+              "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false",
               "--data.init_args.max_duration=10", "--data.init_args.num_workers=0", "--checkpoint_every_n_steps=1000"]
 
 
