@@ -174,4 +174,7 @@ def make_loader(dataset: Dataset, sampler: DurationBucketingSampler, num_workers
     return DataLoader(
         dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
         persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        # worker seeds come from this generator, not the global RNG, so resuming a run
+        # (callbacks.RandomState) continues the global stream exactly
+        generator=torch.Generator().manual_seed(0),
     )

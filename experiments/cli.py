@@ -29,7 +29,6 @@ from pytorch_lightning import Callback, LightningDataModule, LightningModule, Tr
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from experiments.runs import (
-    ResumeAtEpochEnd,
     checkpoint_callbacks,
     default_loggers,
     monitored_metric,
@@ -100,10 +99,13 @@ class SpeechCLI(LightningCLI):
 
 def default_callbacks(present: list[Callback]) -> list[Callback]:
     """Callbacks every run gets unless the config already has one of the same type."""
-    from callbacks import AudioThroughput, RunSummary, SlurmRequeue, WandbLayerWeights, WandbValidationSamples
+    from callbacks import (
+        AudioThroughput, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue, WandbLayerWeights,
+        WandbValidationSamples,
+    )
 
     have = {type(cb) for cb in present}
-    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd]
+    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd, RandomState]
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         wanted.append(SlurmRequeue)  # checkpoint + requeue on sbatch --signal=SIGUSR1@90
     return [cls() for cls in wanted if cls not in have]

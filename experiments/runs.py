@@ -111,47 +111,6 @@ def checkpoint_callbacks(run_dir: Path, monitor: str | None, every_n_steps: int)
     return [best, last]
 
 
-class ResumeAtEpochEnd(Callback):
-    """Resume a ``last.ckpt`` written after the LAST batch of an epoch as the start of the next epoch.
-
-    The datamodules' train loaders have no length (duration-bucketed batches): Lightning learns that a
-    batch was its epoch's last from the prefetcher and checkpoints ``is_last_batch=True`` together with
-    "epoch ``e`` in progress". On restart Lightning then closes epoch ``e`` itself and runs epoch
-    ``e + 1`` as if it were the restarted one: ``on_train_epoch_start`` is skipped (epoch-unit
-    unfreezing comes an epoch late) and the batch counters keep epoch ``e``'s count, so every
-    checkpoint of epoch ``e + 1`` records the wrong position and the next resume replays the wrong
-    batches (or fails). The datamodule's sampler resumes such a checkpoint at the start of epoch ``e + 1``
-    (``DurationBucketingSampler.fast_forward``); this callback makes Lightning's loop state say the same:
-    epoch ``e`` finished, epoch ``e + 1`` ready, no batch of it seen. (Epoch ``e``'s end hooks, which the
-    killed process never reached, are not replayed; Lightning skips its end-of-epoch validation on
-    restart in any case.) Only checkpoints saved on a train batch end, mid-epoch, by a datamodule that
-    restores its own sampler position (``train_sampler`` state) are touched.
-    """
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        datamodule = trainer.datamodule
-        state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
-        loops = checkpoint.get("loops", {}).get("fit_loop", {})
-        batches, epochs = loops.get("epoch_loop.batch_progress"), loops.get("epoch_progress")
-        if not (isinstance(state, dict) and state.get("train_sampler")) or not batches or not epochs:
-            return
-        saved_on_batch_end = batches["total"]["completed"] == batches["total"]["processed"] - 1
-        in_epoch = epochs["total"]["started"] == epochs["total"]["processed"] + 1
-        if not (batches.get("is_last_batch") and saved_on_batch_end and in_epoch):
-            return
-        batches["total"]["completed"] = batches["total"]["processed"]
-        batches["current"] = {key: 0 for key in batches["current"]}
-        batches["is_last_batch"] = False
-        for progress in (epochs["total"], epochs["current"]):  # epoch e done, epoch e + 1 ready, not started
-            progress["processed"] = progress["completed"] = progress["started"]
-            progress["ready"] = progress["started"] + 1
-        loops.setdefault("epoch_loop.state_dict", {})
-        stepped = loops["epoch_loop.state_dict"].get("_batches_that_stepped", 0)
-        loops["epoch_loop.state_dict"]["_batches_that_stepped"] = stepped + 1  # as Lightning does after a batch
-        log.info("resuming after the last batch of epoch %s: continuing at the start of the next epoch",
-                 checkpoint.get("epoch"))
-
-
 def monitored_metric(datamodule) -> str | None:
     """``val/target/wer`` when the datamodule validates a target domain, else ``val/source/wer``."""
     domains = list(getattr(datamodule, "val_domains", []) or [])

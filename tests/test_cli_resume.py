@@ -199,7 +199,7 @@ def saved_after_last_batch(is_last_batch: bool = True) -> dict:
 def test_epoch_end_checkpoint_resumes_as_next_epoch_start():
     from types import SimpleNamespace
 
-    from experiments.runs import ResumeAtEpochEnd
+    from callbacks import ResumeAtEpochEnd
 
     trainer = SimpleNamespace(datamodule=type("ASRDataModule", (), {})())
     ckpt = saved_after_last_batch()
