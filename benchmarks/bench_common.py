@@ -72,7 +72,8 @@ def make_tone_corpus(root: Path, train: int, dev: int = 8, test: int = 8, words:
         write_librispeech_split(root, subset, n, words, seed=seed + 1000 * i, speaker_base=100 + 10 * i)
     if target_shift is not None:
         for i, (split, n) in enumerate({"train": train, "dev": dev, "test": test}.items()):
-            write_commonvoice_split(root / "commonvoice", split, n, words, shift=target_shift, seed=seed + 500 + 1000 * i)
+            write_commonvoice_split(root / "commonvoice", split, n, words, shift=target_shift,
+                                    seed=seed + 500 + 1000 * i)
     return root
 
 

@@ -9,9 +9,14 @@
    layout (goal >= 400x).  Best of 3 timed epochs after a warm-up epoch.
 2. Padded-frame fraction of batches, duration bucketing vs random batching, on simulated
    LibriSpeech-like durations (goal <= 5 %).
-3. Memory of the manifest + sampler for a simulated 280k-utterance index read lazily from
-   jsonl.gz (goal <= 150 MB), as the RSS growth of a fresh process; an eagerly loaded CutSet
-   is measured on 28k utterances and scaled x10 for comparison.
+3. Memory of the manifest + sampler for a simulated 280k-utterance LibriSpeech index
+   (goal <= 150 MB), END TO END: ``LibriSpeechCorpus.cuts()`` (cache hit) -> ``ASRDataModule``
+   (tokenizer built from the training text, label checks) -> training sampler drawing 400 batches
+   (its 20k-cut bucket buffer full), as the peak RSS growth of a fresh process. The index is a
+   fabricated cached manifest: a 1-file corpus is scanned, then its cached jsonl.gz is replaced by
+   280k utterances (the cache key covers the source files, so the corpus serves the big manifest).
+   The old eager path (``CutSet.from_file(...).to_eager()``) is measured on 28k utterances and
+   scaled x10 for comparison.
 """
 
 from __future__ import annotations
@@ -156,13 +161,17 @@ def padding_study(n: int) -> tuple[float, float, float]:
 # -- 3. manifest memory --------------------------------------------------------------------------
 
 def write_manifest(path: Path, n: int) -> None:
-    """A LibriSpeech-960-sized index as lhotse jsonl.gz (what the corpora cache holds)."""
+    """A LibriSpeech-960-sized index as lhotse jsonl.gz (what the corpora cache holds).
+
+    Transcripts run at LibriSpeech's ~2.7 words (~15 characters) per second.
+    """
     rng = random.Random(0)
+    words = "THE CAT SAT ON A MAT WITH BIG RED DOG THAT RAN FAR FROM OLD MAN IN HOT SUN".split()
     with gzip.open(path, "wt", compresslevel=1) as f:
         for i, dur in enumerate(librispeech_like_durations(n, rng)):
             spk, chapter = 1000 + i // 120, 100 + i // 40
             uid = f"{spk}-{chapter}-{i:06d}"
-            text = "THE CAT SAT ON A MAT WITH A BIG RED DOG THAT RAN FAR FROM THE OLD MAN IN THE HOT SUN"
+            text = " ".join(words[(i + k) % len(words)] for k in range(max(1, int(2.7 * dur))))
             f.write(json.dumps({
                 "id": uid, "start": 0.0, "duration": round(dur, 3), "channel": 0, "type": "MonoCut",
                 "supervisions": [{"id": uid, "recording_id": uid, "start": 0.0, "duration": round(dur, 3),
@@ -181,29 +190,47 @@ def rss_mb() -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def memory_child(manifest: str, mode: str, batches: int) -> None:
-    """Run in a fresh process: print the RSS growth (MB) of loading + sampling ``manifest``."""
+def fabricate_cached_corpus(root: Path, cache: Path, n: int) -> None:
+    """A ``LibriSpeechCorpus`` whose cached manifest holds ``n`` fabricated utterances (no audio)."""
+    from datamodules import LibriSpeechCorpus
+
+    chapter = root / "LibriSpeech" / "train-960" / "1000" / "100"
+    chapter.mkdir(parents=True, exist_ok=True)
+    sf.write(chapter / "1000-100-000000.flac", tone_speech("the cat", seed=0), 16000)
+    (chapter / "1000-100.trans.txt").write_text("1000-100-000000 THE CAT\n")
+    LibriSpeechCorpus(root, ["train-960"]).cuts(cache)  # scans the one file, caches its manifest
+    (manifest,) = cache.glob("librispeech-train-960-*.jsonl.gz")
+    write_manifest(manifest, n)  # same cache key, 280k utterances
+
+
+def memory_child(root: str, cache: str, mode: str, batches: int) -> None:
+    """Run in a fresh process: print the peak RSS growth (MB) of loading + sampling the corpus index."""
     from lhotse import CutSet
 
-    from datamodules.sampling import DurationBucketingSampler
+    from datamodules import ASRDataModule, LibriSpeechCorpus
+    from datamodules.manifest_cache import manifest_path
 
     base, _ = rss_mb()
+    start = time.perf_counter()
+    corpus = LibriSpeechCorpus(root, ["train-960"])
     if mode == "lazy":
-        cuts = CutSet.from_jsonl_lazy(manifest)
-        sampler = DurationBucketingSampler(cuts, MAX_DURATION, num_buckets=30, shuffle=True)
-        for _, _ in zip(range(batches), sampler):  # fills the bucket buffer (20k cuts) and keeps streaming
+        dm = ASRDataModule(train=corpus, max_duration=MAX_DURATION, num_buckets=30, num_workers=0,
+                           cache_dir=cache, pin_memory=False)
+        dm.train_dataloader(rank=0, world_size=1)  # tokenizer (2 text passes), label checks (1 pass), sampler
+        for _, _ in zip(range(batches), dm.train_sampler):  # fills the bucket buffer (20k cuts), keeps streaming
             pass
-    else:
-        cuts = CutSet.from_file(manifest).to_eager()
-        assert len(cuts) > 0
+        n = len(dm.train_cuts())
+    else:  # what ManifestCache.load did before: the whole index as Python objects
+        cuts = CutSet.from_file(manifest_path(corpus.cuts(cache))).to_eager()
+        n = len(cuts)
     _, peak = rss_mb()
-    print(json.dumps({"delta_mb": peak - base}))
+    print(json.dumps({"delta_mb": peak - base, "cuts": n, "seconds": time.perf_counter() - start}))
 
 
-def measure_memory(manifest: Path, mode: str, batches: int = 400) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(manifest), mode, str(batches)],
+def measure_memory(root: Path, cache: Path, mode: str, batches: int = 400) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(root), str(cache), mode, str(batches)],
                          check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["delta_mb"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -219,10 +246,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the generated data (default: temp)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--memory-child", nargs=3, metavar=("MANIFEST", "MODE", "BATCHES"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, metavar=("ROOT", "CACHE", "MODE", "BATCHES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
+        root, cache, mode, batches = args.memory_child
+        memory_child(root, cache, mode, int(batches))
         return
 
     import logging
@@ -256,13 +284,15 @@ def main() -> None:
 
     print("manifest memory ...", flush=True)
     n = int(280_000 * scale)
-    manifest, small = work / "index.jsonl.gz", work / "index-small.jsonl.gz"
-    write_manifest(manifest, n)
-    write_manifest(small, n // 10)
-    lazy_mb = measure_memory(manifest, "lazy")
-    eager_mb = 10 * measure_memory(small, "eager")
-    rows.append(row(f"manifest+sampler, {n // 1000}k utts, lazy jsonl", lazy_mb, 150, "MB", False))
-    rows.append(row(f"eager CutSet, {n // 1000}k utts ({n // 10000}k x 10)", eager_mb, 150, "MB", False, reference=True))
+    fabricate_cached_corpus(work / "index", work / "index-cache", n)
+    fabricate_cached_corpus(work / "index-small", work / "index-small-cache", n // 10)
+    lazy = measure_memory(work / "index", work / "index-cache", "lazy")
+    eager = measure_memory(work / "index-small", work / "index-small-cache", "eager")
+    assert lazy["cuts"] == n and eager["cuts"] == n // 10
+    rows.append(row(f"corpus.cuts()+datamodule+sampler, {n // 1000}k utts", lazy["delta_mb"], 150, "MB", False))
+    rows.append(row(f"old eager CutSet, {n // 1000}k utts ({n // 10000}k x 10)", 10 * eager["delta_mb"], 150, "MB",
+                    False, reference=True))
+    print(f"  end-to-end datamodule setup + 400 sampled batches over {n} utterances: {lazy['seconds']:.0f} s", flush=True)
 
     print()
     print(f"| {'measure':<46} | {'value':>15} | {'goal':>15} | {'ratio':>7} | status |")

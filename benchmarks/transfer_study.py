@@ -55,6 +55,7 @@ class Settings:
     source_steps: int = 300      # (b) and (e)
     target_steps: int = 150      # (a), (c), (d)
     val_every: int = 5           # validations per run (approximately)
+    subsampling: int = 4         # ScratchEncoder frame rate 100 / subsampling per second
     extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra CLI args
 
     @classmethod
@@ -116,16 +117,18 @@ def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dic
         "domain": domain, "train": train,
         "val": {first: c[f"{first}_dev"], second: c[f"{second}_dev"]},
         "test": {first: c[f"{first}_test"], second: c[f"{second}_test"]},
-        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "frames_per_second": 25.0, "seed": 0,
-        "cache_dir": str(cache), "tokenizer_path": str(cache / "tokenizer.json")}}
+        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0,
+        "frames_per_second": 100 / s.subsampling, "cache_dir": str(cache),
+        "tokenizer_path": str(cache / "tokenizer.json")}}
 
 
 def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
     """data_source.yaml, data_target_subset.yaml, data_dann.yaml under ``out/configs``."""
     cache = out / "cache"
     subset = c["cv"]("train", max_minutes=s.target_minutes, seed=0)
-    common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "frames_per_second": 25.0,
-              "cache_dir": str(cache), "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
+    common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
+              "frames_per_second": 100 / s.subsampling,
+              "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
     dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
         "target_labels": False,
         "source": {"class_path": "datamodules.ASRDataModule", "init_args": {
@@ -179,10 +182,15 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
     """Config + overrides shared by fit and test of method ``m``."""
     epochs, val_every = epoch_budget(s.source_steps if m.steps_of == "source" else s.target_steps,
                                      epoch_steps[m.data], s.val_every)
+    # max_steps = the exact number of batches: the loaders have no length, so without it Lightning's
+    # estimated_stepping_batches is inf (no lr decay, and DANN's ganin lambda schedule stays at 0)
+    steps = epochs * epoch_steps[m.data]
     args = ["--config", str(REPO / "experiments" / m.config), "--data", str(data[m.data]),
             "--experiment", "study", "--run_name", m.key, "--wandb", "false",
-            "--trainer.max_epochs", str(epochs), "--trainer.max_steps", "-1",
-            "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", "1000000"]
+            "--trainer.max_epochs", str(epochs), "--trainer.max_steps", str(steps),
+            "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", str(steps)]
+    if not m.needs_source:  # (c), (d) inherit the source model's encoder
+        args += ["--model.init_args.backbone.init_args.subsampling", str(s.subsampling)]
     if m.needs_source:
         args += ["--model.init_args.backbone.init_args.path",
                  str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]
@@ -232,10 +240,9 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
                           "total_wall_s": time.perf_counter() - start, "steps": summary.get("global_step"),
                           "trainable_params": summary.get("max_trainable_params")}
         commands += ["python -m experiments " + " ".join(fit), "python -m experiments " + " ".join(test)]
-        print(f"         target WER {metrics.get('test/target/wer', float('nan')):.3f} "
-              f"CER {metrics.get('test/target/cer', float('nan')):.3f} | source WER "
-              f"{metrics.get('test/source/wer', float('nan')):.3f} CER {metrics.get('test/source/cer', float('nan')):.3f}"
-              f" ({time.perf_counter() - start:.0f} s)", flush=True)
+        shown = " | ".join(f"{d} WER {metrics.get(f'test/{d}/wer', float('nan')):.3f} "
+                           f"CER {metrics.get(f'test/{d}/cer', float('nan')):.3f}" for d in ("target", "source"))
+        print(f"         {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
     compare = ["compare", str(out / "runs"), "--out", str(out / "compare"), "--format", "md"]
     cli(compare, log)
     commands.append("python -m experiments " + " ".join(compare))

@@ -3,6 +3,12 @@
 Trainer requirement: ``Trainer(use_distributed_sampler=False)``.  The samplers shard by rank
 themselves (``datamodules.sampling``) and are built inside ``*_dataloader()``, i.e. after the
 process group exists; ``rank``/``world_size`` can also be passed explicitly (tests, custom loops).
+Training batches are even over ranks (the epoch tail, < world_size utterances, is dropped);
+val/test/predict evaluate every utterance exactly once over the ranks (uneven batch counts), so
+multi-GPU WER equals single-process WER. A val/test set needs >= world_size utterances.
+
+Manifests stay lazy end to end (``Corpus.cuts`` streams the cached jsonl.gz; label checks write
+their filtered manifest next to it), so a 280k-utterance index costs tens of MB, not ~600 MB.
 
 Resume: ``state_dict()`` stores the training sampler's epoch and the number of batches the
 trainer has processed in it; after ``load_state_dict`` the next ``train_dataloader()`` yields
@@ -27,10 +33,10 @@ from torch.utils.data import DataLoader
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import DOMAIN_IDS, domain_id
 from datamodules.corpora import Corpus
-from datamodules.dataset import SpeechDataset, check_labels, cut_text
+from datamodules.dataset import SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import USER_CACHE_DIR
-from datamodules.sampling import DurationBucketingSampler, make_loader, resolve_rank
+from datamodules.sampling import DurationBucketingSampler, check_covers_ranks, make_loader, resolve_rank
 from datamodules.text import CharTokenizer, SentencePieceTokenizer, TextNormalizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -206,6 +212,21 @@ class ASRDataModule(pl.LightningDataModule):
         self._resume = dict(state_dict["train_sampler"]) if state_dict.get("train_sampler") else None
 
     # -- cuts ------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, str | None]:
+        """Training data per domain for run summaries/reports: ``{"source": ..., "target": ...}``."""
+        train = self.train_corpus.describe() if self.train_corpus is not None else None
+        if train is not None and not self.train_labels:
+            train += " (unlabelled)"
+        return {"source": train if self.domain != "target" else None,
+                "target": train if self.domain == "target" else None}
+
+    @property
+    def labelled_target_minutes(self) -> float:
+        """Minutes of labelled target-domain training audio (0 when training on the source domain)."""
+        if self.domain != "target" or not self.train_labels or self.train_corpus is None:
+            return 0.0
+        return sum(cut.duration for cut in self.train_cuts()) / 60.0
+
     def train_cuts(self) -> CutSet:
         """Training cuts after the label checks (labelled mode) -- what the sampler draws from."""
         if "train" not in self._checked:
@@ -278,17 +299,20 @@ class ASRDataModule(pl.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def _sampler(self, cuts: CutSet, train: bool, rank: int, world_size: int) -> DurationBucketingSampler:
+        """Training: shuffled, even batch counts over ranks. Else: each utterance once over the ranks."""
         return DurationBucketingSampler(
             cuts, max_duration=self.max_duration, num_buckets=self.num_buckets,
             shuffle=self.shuffle and train, seed=self.seed, drop_last=self.drop_last and train,
-            rank=rank, world_size=world_size,
+            rank=rank, world_size=world_size, even_batches=train,
         )
 
     def _eval_loader(self, split: Literal["val", "test"], name: str, rank: int | None, world_size: int | None) -> DataLoader:
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
         domain = domain_id(name) if name in DOMAIN_IDS else domain_id(self.domain)
         dataset = SpeechDataset(self.tokenizer, labels=True, domain=domain, on_bad_input=self.on_bad_input)
-        return self._loader(dataset, self._sampler(self.eval_cuts(split, name), False, rank, world_size))
+        cuts = self.eval_cuts(split, name)
+        check_covers_ranks(cuts, world_size, f"{self.domain}/{split}/{name}")
+        return self._loader(dataset, self._sampler(cuts, False, rank, world_size))
 
     def _loader(self, dataset: SpeechDataset, sampler: DurationBucketingSampler) -> DataLoader:
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
@@ -323,13 +347,13 @@ def _named(corpora: dict[str, Corpus] | Corpus | None, domain: str) -> dict[str,
 
 
 class _Texts:
-    """Re-iterable view of the raw transcripts of a CutSet."""
+    """Re-iterable view of the raw transcripts of a CutSet (streamed: lazy manifests stay lazy)."""
 
     def __init__(self, cuts: CutSet) -> None:
         self.cuts = cuts
 
     def __iter__(self):
-        return (cut_text(c) for c in self.cuts)
+        return iter_texts(self.cuts)
 
 
 def _hash(settings: dict, texts: Iterable[str]) -> str:

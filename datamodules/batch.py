@@ -14,12 +14,14 @@ A batch is a plain ``dict`` so Lightning moves every tensor to the device for us
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import get_worker_info
 
 LABEL_KEYS = ("targets", "target_lengths", "texts")
 REQUIRED_KEYS = ("audio", "lengths", "ids", "audio_keys", "domain")
@@ -31,10 +33,25 @@ def domain_id(name: str) -> int:
     return DOMAIN_IDS.get(name, 0)
 
 
+def empty_for_transfer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised tensor; in a DataLoader worker it is allocated in shared memory.
+
+    A batch leaves a worker through shared memory: a tensor allocated elsewhere is copied there
+    first (~10 ms for a 200 s batch). torch's ``default_collate`` avoids that copy the same way.
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
 def pad_audio(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """List of (T_i,) float waveforms -> ``audio`` (B, max T_i) float32 zero padded, ``lengths`` (B,) int64."""
     lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.int64)
-    audio = pad_sequence([w.to(torch.float32) for w in waves], batch_first=True, padding_value=0.0)
+    audio = empty_for_transfer((len(waves), int(lengths.max())), torch.float32)
+    for row, (wave, n) in enumerate(zip(waves, lengths.tolist())):
+        audio[row, :n] = wave
+        audio[row, n:] = 0.0
     return audio, lengths
 
 

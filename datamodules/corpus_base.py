@@ -21,7 +21,8 @@ from lhotse import CutSet, Recording, SupervisionSegment
 from lhotse.cut import MonoCut
 
 from datamodules import errors as E
-from datamodules.manifest_cache import ManifestCache, default_cache_dir, fingerprint
+from datamodules.manifest_cache import (ManifestCache, default_cache_dir, derive_manifest, fingerprint, ids_digest,
+                                        raw_cut_dicts)
 
 logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -68,30 +69,54 @@ def utf8_problem(text: str) -> str | None:
     return None
 
 
-def subset_by_minutes(cuts: CutSet, max_minutes: float, seed: int) -> CutSet:
-    """Deterministic random subset of at most ``max_minutes`` of audio.
+class KeepIds:
+    """Picklable ``CutSet.filter`` predicate keeping the given cut ids."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids = frozenset(ids)
+
+    def __call__(self, cut) -> bool:
+        return cut.id in self.ids
+
+
+def minutes_subset_ids(cuts: CutSet, max_minutes: float, seed: int) -> set[str]:
+    """Ids of a deterministic random subset of at most ``max_minutes`` of audio (one metadata pass).
 
     Utterances are sorted by id, shuffled with ``random.Random(seed)`` and taken in that order
     while the total stays within budget; the first utterance that does not fit ends the subset.
     Taking a prefix makes budgets nested: with one seed, the 10-minute subset is contained in the
-    60-minute one. The result keeps id order.
+    60-minute one. Only ``(id, duration)`` pairs are held (~40 MB for 280k utterances).
     """
     if max_minutes <= 0:
         raise ValueError(f"max_minutes must be > 0, got {max_minutes}")
-    order = sorted(cuts, key=lambda c: c.id)
+    raw = raw_cut_dicts(cuts)  # streaming raw JSON is ~10x faster than building cuts
+    pairs = ((d["id"], d["duration"]) for d in raw) if raw is not None else ((c.id, c.duration) for c in cuts)
+    order = sorted(pairs)
+    if not order:
+        raise ValueError("cannot take a max_minutes subset of an empty CutSet")
     random.Random(seed).shuffle(order)
-    budget, total, chosen = max_minutes * 60.0, 0.0, []
-    for cut in order:
-        if total + cut.duration > budget:
+    budget, total, chosen = max_minutes * 60.0, 0.0, set()
+    for cut_id, duration in order:
+        if total + duration > budget:
             break
-        total += cut.duration
-        chosen.append(cut)
+        total += duration
+        chosen.add(cut_id)
     if not chosen:
         raise ValueError(
             f"max_minutes={max_minutes} is shorter than the first sampled utterance "
-            f"({order[0].id}, {order[0].duration:.2f} s)"
+            f"({order[0][0]}, {order[0][1]:.2f} s)"
         )
-    return CutSet.from_cuts(sorted(chosen, key=lambda c: c.id))
+    return chosen
+
+
+def subset_by_minutes(cuts: CutSet, max_minutes: float, seed: int) -> CutSet:
+    """The ``minutes_subset_ids`` subset of ``cuts``, in the input order (manifests are sorted by id).
+
+    A lazily opened manifest gives a lazily opened subset manifest written next to it
+    (``manifest_cache.derive_manifest``); an eager CutSet gives an eager one.
+    """
+    chosen = minutes_subset_ids(cuts, max_minutes, seed)
+    return derive_manifest(cuts, f"minutes-{ids_digest(chosen)}", KeepIds(chosen))
 
 
 class Corpus:
@@ -125,6 +150,11 @@ class Corpus:
     def cache_name(self) -> str:
         return self.corpus_name
 
+    def describe(self) -> str:
+        """Short human-readable name for reports, e.g. ``librispeech-train-clean-100 (≤2 min)``."""
+        limit = f" (≤{self.max_minutes:g} min)" if self.max_minutes is not None else ""
+        return self.cache_name() + limit
+
     def _check_layout(self, policy: E.BadInputPolicy):
         raise NotImplementedError
 
@@ -138,6 +168,11 @@ class Corpus:
     def cuts(self, cache_dir: str | Path | None = None) -> CutSet:
         """All usable utterances as 16 kHz ``MonoCut``s (sorted by id), from cache when sources are unchanged.
 
+        The CutSet is LAZY: it streams the cached ``jsonl.gz`` (a 280k-utterance index is never held
+        in memory). Iterate it, ``len()`` it, ``cuts[i]``, or look cuts up with
+        ``cuts.subset(cut_ids=[...])``; lhotse 1.33 cannot index a lazy CutSet by id (``cuts["id"]``),
+        and ``.to_eager()`` loads everything (~2 kB per utterance).
+
         Raises :class:`~datamodules.errors.BadInputError` under ``on_bad_input="error"`` at the first
         problem, and under either mode when no usable utterance is left.
         """
@@ -148,7 +183,7 @@ class Corpus:
             cuts = self._cached_scan(state, policy, cache_dir)
         self.skipped, self.notes = Counter(policy.skipped), Counter(policy.notes)
         policy.log_summary(logger)
-        if len(cuts) == 0:
+        if next(iter(cuts), None) is None:  # reads one line, not the whole manifest
             raise E.BadInputError(self.root, E.NO_UTTERANCES, f"no usable utterances; {policy.summary()}")
         if self.max_minutes is not None:
             cuts = subset_by_minutes(cuts, self.max_minutes, self.seed)
@@ -163,10 +198,11 @@ class Corpus:
             logger.debug("%r: manifest from cache %s", self, cache.paths(self.cache_name(), key)[0])
         else:
             scan_policy = E.BadInputPolicy(self.on_bad_input, repr(self))
-            cuts = CutSet.from_cuts(sorted(self._scan(state, scan_policy), key=lambda c: c.id))
+            scanned = CutSet.from_cuts(sorted(self._scan(state, scan_policy), key=lambda c: c.id))
             meta = scan_policy.state()
-            path = cache.save(self.cache_name(), key, cuts, meta)
-            logger.info("%r: scanned %d utterances, manifest cached at %s", self, len(cuts), path)
+            path = cache.save(self.cache_name(), key, scanned, meta)
+            logger.info("%r: scanned %d utterances, manifest cached at %s", self, len(scanned), path)
+            cuts, _ = cache.load(self.cache_name(), key)  # lazy, like a cache hit: the scan is freed
         policy.merge(meta["skipped"], meta["notes"], meta["examples"])
         return cuts
 

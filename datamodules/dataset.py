@@ -16,15 +16,20 @@ import logging
 import random
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.audio.backend import (LibsndfileBackend, get_current_audio_backend, get_default_audio_backend,
+                                  set_current_audio_backend)
 from torch.utils.data import Dataset
 
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import audio_key, make_batch
 from datamodules.errors import BadInputError, check_on_bad_input
+from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +44,20 @@ class Tokenizer(Protocol):
 
     def normalize(self, text: str) -> str: ...
 
-    def encode(self, text: str, utt_id: str | None = None) -> list[int]: ...
+    def encode_normalized(self, text: str, utt_id: str | None = None) -> list[int]: ...
 
 
 def cut_text(cut: Any) -> str:
     """Raw transcript of a cut (its supervisions' texts joined by a space)."""
     return " ".join(s.text for s in cut.supervisions if s.text)
+
+
+def iter_texts(cuts: CutSet) -> Iterator[str]:
+    """``cut_text`` of every cut, streamed (from the raw JSON when ``cuts`` reads a manifest file)."""
+    raw = raw_cut_dicts(cuts)
+    if raw is None:
+        return (cut_text(c) for c in cuts)
+    return (" ".join(s["text"] for s in d.get("supervisions", ()) if s.get("text")) for d in raw)
 
 
 def cut_path(cut: Any) -> str:
@@ -60,15 +73,43 @@ def ctc_min_frames(token_ids: list[int]) -> int:
 
 
 def encode_label(cut: Any, tokenizer: Tokenizer) -> tuple[str, list[int]]:
-    """(normalised text, token ids); raises ``BadInputError`` naming the utterance and its file."""
+    """(normalised text, token ids); raises ``BadInputError`` naming the utterance and its file.
+
+    The transcript is normalised once: the reference text and the ids come from the same string.
+    """
     text = tokenizer.normalize(cut_text(cut))
     try:
-        ids = tokenizer.encode(text, utt_id=cut.id)
+        ids = tokenizer.encode_normalized(text, utt_id=cut.id)
     except BadInputError as e:
         raise BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", OOV, e.detail or str(e)) from e
     if not ids:
         raise BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", EMPTY_LABEL, "transcript is empty after normalisation")
     return text, ids
+
+
+_LIBSNDFILE = LibsndfileBackend()
+
+
+def load_audio(cut: Any) -> np.ndarray:
+    """``cut.load_audio()``, read by libsndfile directly while lhotse uses its default backend.
+
+    lhotse's default backend probes every file for special cases before reading it (0.1-0.8 ms a
+    file, up to 10 % of a FLAC decode); libsndfile is what the corpora validated every file with at
+    scan time, so it reads them all. A backend chosen by the user (``LHOTSE_AUDIO_BACKEND``,
+    ``set_current_audio_backend``) is respected, and whatever libsndfile fails on is retried with
+    lhotse's default backend (whose error, if any, is the one reported).
+    """
+    default = get_current_audio_backend()
+    if default is not get_default_audio_backend():
+        return cut.load_audio()
+    set_current_audio_backend(_LIBSNDFILE)
+    try:
+        return cut.load_audio()
+    except Exception:
+        pass
+    finally:
+        set_current_audio_backend(default)
+    return cut.load_audio()
 
 
 def label_problem(cut: Any, tokenizer: Tokenizer, frames_per_second: float,
@@ -106,7 +147,9 @@ def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
                  on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts") -> tuple[CutSet, Counter]:
     """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable labels.
 
-    Returns the kept cuts (lazy filter over the input) and the per-reason skip counts.
+    Returns the kept cuts and the per-reason skip counts. Nothing dropped: ``cuts`` itself. Else a
+    lazily opened manifest written next to the one ``cuts`` reads (``derive_manifest``; it keeps
+    ``len()``), or an in-memory filter of a CutSet that was not read from a file.
     """
     check_on_bad_input(on_bad_input)
     bad: set[str] = set()
@@ -123,7 +166,7 @@ def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
     if skipped:
         log.warning("%s: skipped %d utterance(s) with unusable labels (%s)", name, len(bad),
                     ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())))
-    return (cuts.filter(ExcludeIds(bad)) if bad else cuts), skipped
+    return (derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts), skipped
 
 
 class SpeechDataset(Dataset):
@@ -189,7 +232,7 @@ class SpeechDataset(Dataset):
     def _load(self, cut: Any, path: str) -> torch.Tensor | None:
         """(T,) float32 mono waveform, or None when skipped."""
         try:
-            audio = torch.from_numpy(cut.load_audio()).to(torch.float32)
+            audio = torch.from_numpy(load_audio(cut)).to(torch.float32)
         except Exception as e:  # any decoder failure: name the file
             return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {type(e).__name__}: {e}")) or None
         if audio.dim() == 2:  # (channels, T): lhotse MonoCuts load (1, T)

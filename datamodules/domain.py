@@ -127,6 +127,14 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     def sample_rate(self) -> int:
         return self.source.sample_rate
 
+    def describe(self) -> dict[str, str | None]:
+        """``{"source": <source train>, "target": <target train, "(unlabelled)" unless target_labels>}``."""
+        return {"source": self.source.describe()["source"], "target": self.target.describe()["target"]}
+
+    @property
+    def labelled_target_minutes(self) -> float:
+        return self.target.labelled_target_minutes
+
     def prepare_data(self) -> None:
         self.source.prepare_data()
         self.target.prepare_data()

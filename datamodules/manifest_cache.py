@@ -8,19 +8,29 @@ a reader sees either no file or a complete one.
 
 Each cache entry is two files: ``<name>-<key>.json`` (skip/note counts of the scan, written first)
 and ``<name>-<key>.jsonl.gz`` (the cuts, written last: its presence commits the entry).
+
+Manifests are opened lazily (``CutSet.from_file`` on ``jsonl.gz``): a 280k-utterance index is read
+as a stream, never held in memory. Subsets of a cached manifest (``max_minutes``, utterances
+dropped by the label checks) are written next to it by ``derive_manifest`` as
+``<name>-<key>.<tag>.jsonl.gz`` and opened lazily too, so they keep ``len()`` and stream as well.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from lhotse import CutSet
+from lhotse.lazy import LazyJsonlIterator, LazyManifestIterator
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # bump when the scanners change what they put in the manifest
 USER_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "speechxfer"
@@ -96,11 +106,11 @@ class ManifestCache:
         return self.directory / f"{stem}.jsonl.gz", self.directory / f"{stem}.json"
 
     def load(self, name: str, key: str) -> tuple[CutSet, dict] | None:
-        """``(cuts, meta)`` of a committed entry, or ``None`` on a miss."""
+        """``(cuts, meta)`` of a committed entry (cuts opened lazily), or ``None`` on a miss."""
         manifest, meta = self.paths(name, key)
         if not (manifest.is_file() and meta.is_file()):
             return None
-        return CutSet.from_file(manifest).to_eager(), json.loads(meta.read_text(encoding="utf-8"))
+        return open_lazy(manifest), json.loads(meta.read_text(encoding="utf-8"))
 
     def save(self, name: str, key: str, cuts: CutSet, meta: dict) -> Path:
         """Write an entry atomically; returns the manifest path."""
@@ -109,3 +119,55 @@ class ManifestCache:
         atomic_write_text(meta_path, json.dumps(meta, sort_keys=True))
         _atomic_write(manifest, cuts.to_file)
         return manifest
+
+
+def open_lazy(path: str | Path) -> CutSet:
+    """A CutSet streaming the ``jsonl(.gz)`` at ``path``; an empty file gives an empty CutSet, not ``None``."""
+    return CutSet.from_jsonl_lazy(path)
+
+
+def manifest_path(cuts: CutSet) -> Path | None:
+    """The ``jsonl(.gz)`` file that a lazily opened ``cuts`` reads as is; ``None`` for any other CutSet."""
+    data = cuts.data
+    return Path(data.path) if isinstance(data, LazyManifestIterator) else None
+
+
+def raw_cut_dicts(cuts: CutSet) -> Iterable[dict] | None:
+    """The JSON dicts of a manifest read from a file as is (``manifest_path``), else ``None``.
+
+    Streaming dicts is ~10x faster than building the cuts (1.3 s vs 14 s for 280k utterances):
+    metadata passes (ids, durations, texts) use them when they can.
+    """
+    path = manifest_path(cuts)
+    return None if path is None else LazyJsonlIterator(path)
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """16 hex chars identifying a set of cut ids (order-independent)."""
+    h = hashlib.sha256()
+    for cut_id in sorted(ids):
+        h.update(cut_id.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def derive_manifest(cuts: CutSet, tag: str, keep: Callable[[Any], bool]) -> CutSet:
+    """``cuts.filter(keep)``, stored next to the manifest ``cuts`` reads and opened lazily.
+
+    The subset is written once (streamed, atomic) as ``<manifest stem>.<tag>.jsonl.gz`` and reused
+    while that file exists, so ``tag`` must identify what ``keep`` selects (e.g. a digest of the ids
+    it keeps or drops). The result streams and has ``len()``, like the source manifest.
+    ``cuts`` not read from a file is filtered in place: eagerly if eager, lazily (no ``len()``)
+    if lazy. A read-only cache directory also falls back to the lazy filter.
+    """
+    source = manifest_path(cuts)
+    if source is None:
+        return cuts.filter(keep)
+    stem = source.name.split(".jsonl")[0]
+    target = source.with_name(f"{stem}.{tag}.jsonl.gz")
+    if not target.is_file():
+        try:
+            _atomic_write(target, cuts.filter(keep).to_file)
+        except OSError as e:
+            log.warning("cannot write %s (%s): filtering %s on the fly instead", target, e, source)
+            return cuts.filter(keep)
+    return open_lazy(target)

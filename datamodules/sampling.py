@@ -1,8 +1,18 @@
-"""Duration-bucketed, DDP-even, resumable batch sampling on top of lhotse.
+"""Duration-bucketed, resumable batch sampling on top of lhotse, in two DDP modes.
 
 Batches hold at most ``max_duration`` seconds of audio (lhotse ``DynamicBucketingSampler``).
-Every rank builds the same sampler (same seed + epoch => same global batch sequence) and keeps
-batch ``i`` with ``i % world_size == rank``, so ranks see distinct utterances.
+
+- Training (``even_batches=True``): every rank builds the same sampler (same seed + epoch => same
+  global batch sequence) and keeps batch ``i`` with ``i % world_size == rank``: ranks see distinct
+  utterances and the SAME number of batches (DDP's gradient all-reduce needs that), at the price
+  of dropping at most ``world_size - 1`` utterances at the end of an epoch.
+- Evaluation (``even_batches=False``): rank ``r`` takes utterances ``r, r + W, r + 2W, ...`` of the
+  manifest and batches them alone: every utterance is evaluated exactly once over all ranks (no
+  drop, no duplicate), so multi-GPU WER equals single-process WER. Batch counts may differ by
+  rank, which evaluation allows (no per-step collectives; torchmetrics states and
+  ``self.log(sync_dist=True)`` are reduced at epoch end). A rank with NO batch, however, never
+  logs its metrics and Lightning hangs at that reduction (checked with 2-rank gloo DDP, Lightning
+  2.6), so a set needs at least ``world_size`` utterances (``check_covers_ranks``).
 
 Trainer contract: use ``Trainer(use_distributed_sampler=False)`` -- these samplers already shard
 by rank; Lightning must not wrap them in a ``DistributedSampler``.
@@ -22,17 +32,20 @@ from typing import Any
 import torch
 from lhotse import CutSet
 from lhotse.dataset.sampling.dynamic_bucketing import DynamicBucketingSampler, estimate_duration_buckets
+from lhotse.lazy import LazySlicer
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 
 
-def estimate_bins(cuts: Iterable, num_buckets: int, num_cuts: int = 10000) -> list[float]:
+def estimate_bins(cuts: Iterable, num_buckets: int, num_cuts: int = 10000, allow_empty: bool = False) -> list[float]:
     """Duration bucket boundaries from the first ``num_cuts`` cuts; safe for tiny sets.
 
     lhotse asserts ``num_buckets <= len(cuts)``; we clamp so a 3-utterance dev set still works.
     """
     sample = list(islice(iter(cuts), num_cuts))
+    if not sample and allow_empty:
+        return [1.0]  # an empty evaluation shard: the sampler yields nothing
     if not sample:
         raise ValueError("cannot build a sampler over an empty CutSet")
     n = min(num_buckets, len(sample))
@@ -59,12 +72,18 @@ class DurationBucketingSampler(DynamicBucketingSampler):
        ``set_epoch(epoch + 1)`` and does not re-create it, so an exhausted iterator would silently
        make the next epoch empty.
 
+    With ``even_batches=False`` (evaluation) the sampler batches only this rank's shard of the cuts
+    (``rank_shard``): no cut is dropped or duplicated, batch counts may differ between ranks, and
+    ``rank``/``world_size`` of the lhotse base class are 0/1 (``self.shard`` holds the real ones).
+
     Args:
         cuts: lazy or eager ``CutSet``.
         max_duration: seconds of audio per batch (summed over cuts, before padding).
         num_buckets: duration buckets (clamped to the number of cuts).
         shuffle, seed, drop_last: as lhotse; ``set_epoch(e)`` reshuffles deterministically.
         rank, world_size: pass explicitly (never inferred from environment variables).
+        even_batches: True (training): same batch count on every rank, tail dropped; False
+            (evaluation): every cut exactly once over the ranks, uneven batch counts.
     """
 
     def __init__(
@@ -78,8 +97,13 @@ class DurationBucketingSampler(DynamicBucketingSampler):
         rank: int = 0,
         world_size: int = 1,
         buffer_size: int = 20000,
+        even_batches: bool = True,
     ) -> None:
-        bins = estimate_bins(cuts, num_buckets)
+        self.shard = (rank, world_size)
+        self.even_batches = even_batches
+        if not even_batches:
+            cuts, rank, world_size = rank_shard(cuts, rank, world_size), 0, 1
+        bins = estimate_bins(cuts, num_buckets, allow_empty=not even_batches)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
             super().__init__(
@@ -149,6 +173,24 @@ class DurationBucketingSampler(DynamicBucketingSampler):
         self.set_epoch(epoch)
         self.allow_iter_to_reset_state()
         iter(self)
+
+
+def rank_shard(cuts: CutSet, rank: int, world_size: int) -> CutSet:
+    """Cuts ``rank, rank + world_size, rank + 2 * world_size, ...`` of ``cuts`` (lazy, order kept)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return cuts if world_size == 1 else CutSet(LazySlicer(cuts, k=rank, n=world_size))
+
+
+def check_covers_ranks(cuts: Iterable, world_size: int, name: str) -> None:
+    """Raise unless ``cuts`` has at least ``world_size`` utterances (reads at most that many)."""
+    n = sum(1 for _ in islice(iter(cuts), world_size))
+    if n < world_size:
+        raise ValueError(
+            f"{name} has {n} utterance(s) for {world_size} ranks: exact evaluation gives every rank its own "
+            "utterances, and a rank with none never syncs its metrics (Lightning waits for it forever). "
+            f"Use a set of at least {world_size} utterances or fewer devices."
+        )
 
 
 def resolve_rank(trainer: Any = None, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from datamodules.errors import OOVError
@@ -59,17 +61,7 @@ class TextNormalizer:
             text = text.lower()
         elif self.case == "upper":
             text = text.upper()
-        return " ".join("".join(self._map_char(ch) for ch in text).split())
-
-    def _map_char(self, ch: str) -> str:
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Cf") and not ch.isspace():
-            return ""
-        if self.punctuation == "keep" or not category.startswith("P") or ch in self.keep_chars:
-            return ch
-        if "'" in self.keep_chars and ch in TYPOGRAPHIC_APOSTROPHES:
-            return "'"
-        return " " if category == "Pd" else ""
+        return " ".join(text.translate(_char_table(self.punctuation, self.keep_chars)).split())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +69,35 @@ class TextNormalizer:
     @classmethod
     def from_dict(cls, d: dict) -> TextNormalizer:
         return cls(**d)
+
+
+def map_char(ch: str, punctuation: str, keep_chars: str) -> str:
+    """What one (already case-mapped) character becomes: itself, ``""`` (removed) or ``" "``."""
+    category = unicodedata.category(ch)
+    if category in ("Cc", "Cf") and not ch.isspace():
+        return ""
+    if punctuation == "keep" or not category.startswith("P") or ch in keep_chars:
+        return ch
+    if "'" in keep_chars and ch in TYPOGRAPHIC_APOSTROPHES:
+        return "'"
+    return " " if category == "Pd" else ""
+
+
+class _CharTable(dict):
+    """``str.translate`` table that fills itself: each code point is classified once per policy."""
+
+    def __init__(self, punctuation: str, keep_chars: str) -> None:
+        super().__init__()
+        self.punctuation, self.keep_chars = punctuation, keep_chars
+
+    def __missing__(self, code: int) -> str:
+        self[code] = mapped = map_char(chr(code), self.punctuation, self.keep_chars)
+        return mapped
+
+
+@lru_cache(maxsize=None)
+def _char_table(punctuation: str, keep_chars: str) -> _CharTable:
+    return _CharTable(punctuation, keep_chars)
 
 
 def _check_oov_policy(oov: str) -> str:
@@ -96,16 +117,23 @@ class _TokenizerIO:
     def normalize(self, text: str) -> str:
         return self.normalizer(text)
 
+    def encode(self, text: str, utt_id: str | None = None) -> list[int]:
+        """Token ids (no blank) of ``text`` after normalisation; OOV per ``self.oov``."""
+        return self.encode_normalized(self.normalize(text), utt_id)
+
+    def encode_normalized(self, text: str, utt_id: str | None = None) -> list[int]:
+        """``encode`` for text that is already ``normalize``d (skips the second normalisation)."""
+        raise NotImplementedError
+
     def oov_chars(self, text: str) -> list[str]:
         """Characters of the *normalised* ``text`` outside the vocabulary, in order of appearance."""
         return [ch for ch in dict.fromkeys(self.normalize(text)) if not self._known(ch)]
 
     def _clean(self, text: str, utt_id: str | None) -> str:
-        """Normalised ``text`` with OOV characters raised (``oov="error"``) or dropped and counted."""
-        text = self.normalize(text)
-        unknown = [ch for ch in text if not self._known(ch)]
-        if not unknown:
+        """Already normalised ``text`` with OOV characters raised (``oov="error"``) or dropped and counted."""
+        if all(self._known(ch) for ch in set(text)):  # distinct characters only: the common case
             return text
+        unknown = [ch for ch in text if not self._known(ch)]
         if self.oov == "error":
             raise OOVError(unknown[0], utt_id, text)
         self.oov_counts.update(unknown)
@@ -170,8 +198,7 @@ class CharTokenizer(_TokenizerIO):
     def _known(self, ch: str) -> bool:
         return ch in self._ids
 
-    def encode(self, text: str, utt_id: str | None = None) -> list[int]:
-        """Token ids (no blank) of the normalised ``text``; OOV per ``self.oov``."""
+    def encode_normalized(self, text: str, utt_id: str | None = None) -> list[int]:
         return [self._ids[ch] for ch in self._clean(text, utt_id)]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -212,6 +239,7 @@ class SentencePieceTokenizer(_TokenizerIO):
         self.normalizer = normalizer or TextNormalizer()
         self.oov = _check_oov_policy(oov)
         self.oov_counts: Counter[str] = Counter()
+        self._known_chars: dict[str, bool] = {}
 
     @classmethod
     def build(
@@ -230,12 +258,10 @@ class SentencePieceTokenizer(_TokenizerIO):
         import sentencepiece as spm
 
         normalizer = normalizer or TextNormalizer()
-        normalized = [t for t in (normalizer(x) for x in texts) if t]
-        if not normalized:
-            raise ValueError("SentencePieceTokenizer.build needs at least one non-empty text")
+        normalized = _non_empty(normalizer(x) for x in texts)  # streamed: no list of 280k sentences
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(normalized), model_writer=model, vocab_size=vocab_size,
+            sentence_iterator=normalized, model_writer=model, vocab_size=vocab_size,
             model_type=model_type, character_coverage=1.0, hard_vocab_limit=False,
             pad_id=0, pad_piece=BLANK, unk_id=1, bos_id=-1, eos_id=-1,
             normalization_rule_name="identity", minloglevel=2,
@@ -249,9 +275,12 @@ class SentencePieceTokenizer(_TokenizerIO):
         return self.sp.get_piece_size()
 
     def _known(self, ch: str) -> bool:
-        return ch == " " or self.sp.piece_to_id(ch) != self.sp.unk_id()
+        known = self._known_chars.get(ch)
+        if known is None:
+            known = self._known_chars[ch] = ch == " " or self.sp.piece_to_id(ch) != self.sp.unk_id()
+        return known
 
-    def encode(self, text: str, utt_id: str | None = None) -> list[int]:
+    def encode_normalized(self, text: str, utt_id: str | None = None) -> list[int]:
         return self.sp.encode(self._clean(text, utt_id), out_type=int)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -269,6 +298,15 @@ class SentencePieceTokenizer(_TokenizerIO):
     @classmethod
     def from_dict(cls, d: dict) -> SentencePieceTokenizer:
         return cls(base64.b64decode(d["model"]), TextNormalizer.from_dict(d["normalizer"]), d.get("oov", "error"))
+
+
+def _non_empty(texts: Iterable[str]) -> Iterator[str]:
+    """The non-empty ``texts``, lazily; raises ``ValueError`` now (not mid-training) if there is none."""
+    texts = (t for t in texts if t)
+    first = next(texts, None)
+    if first is None:
+        raise ValueError("SentencePieceTokenizer.build needs at least one non-empty text")
+    return itertools.chain([first], texts)
 
 
 TOKENIZER_TYPES = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer}

@@ -15,7 +15,8 @@ from datamodules.augment import SpecAugment, WaveformAugmentation, add_noise_at_
 from datamodules.batch import check_batch, make_batch, pad_audio, pad_targets
 from datamodules.corpora import LibriSpeechCorpus
 from datamodules.dataset import SpeechDataset
-from datamodules.sampling import DurationBucketingSampler, estimate_bins, make_loader, resolve_rank
+from datamodules.sampling import (DurationBucketingSampler, check_covers_ranks, estimate_bins, make_loader,
+                                  resolve_rank)
 from tests.corpus_factory import make_librispeech
 
 MAX_DURATION = 2.0
@@ -88,6 +89,47 @@ def test_uneven_end_drops_instead_of_duplicating():
     assert [len(b) for b in out] == [1, 1]
     ids = [i for rank_batches in out for b in rank_batches for i in b]
     assert len(set(ids)) == 2 and not any("_dup" in i for i in ids)
+
+
+def eval_batches(cuts: CutSet, world_size: int, max_duration: float = 2.0) -> list[list[list[str]]]:
+    """Per simulated rank, the id lists of its evaluation batches."""
+    out = []
+    for rank in range(world_size):
+        sampler = DurationBucketingSampler(cuts, max_duration=max_duration, num_buckets=3, rank=rank,
+                                           world_size=world_size, even_batches=False)
+        out.append([[c.id for c in batch] for batch in sampler])
+        assert sampler.dropped_tail_cuts == 0 and sampler.shard == (rank, world_size)
+    return out
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("n", [3, 5, 7, 11, 24])
+def test_evaluation_sampler_covers_every_cut_exactly_once(world_size, n, tmp_path):
+    eager = fake_cuts([0.3 + 0.17 * (i % 7) for i in range(n)])
+    eager.to_file(tmp_path / "cuts.jsonl.gz")
+    for cuts in (eager, CutSet.from_jsonl_lazy(tmp_path / "cuts.jsonl.gz")):
+        per_rank = eval_batches(cuts, world_size)
+        ids = [i for rank_batches in per_rank for batch in rank_batches for i in batch]
+        assert sorted(ids) == sorted(c.id for c in eager)  # the union is the set, no duplicate
+        assert all(len(rank_batches) >= 1 for rank_batches in per_rank)  # n >= world_size here
+        for rank, rank_batches in enumerate(per_rank):  # rank r holds cuts r, r + W, ... of the manifest
+            assert sorted(i for b in rank_batches for i in b) == [f"c{j:03d}" for j in range(rank, n, world_size)]
+
+
+def test_evaluation_keeps_the_tail_that_training_drops():
+    cuts = fake_cuts([1.5, 1.5, 1.5])  # 3 one-cut batches over 2 ranks
+    per_rank = eval_batches(cuts, 2, max_duration=1.6)
+    assert [len(b) for b in per_rank] == [2, 1]  # uneven batch counts, nothing dropped
+    assert sorted(i for b in per_rank for batch in b for i in batch) == ["c000", "c001", "c002"]
+
+
+def test_more_ranks_than_cuts():
+    cuts = fake_cuts([0.5, 0.7])
+    per_rank = eval_batches(cuts, 3)
+    assert per_rank[2] == [] and sorted(i for b in per_rank for batch in b for i in batch) == ["c000", "c001"]
+    check_covers_ranks(cuts, 2, "dev")
+    with pytest.raises(ValueError, match=r"dev has 2 utterance\(s\) for 3 ranks"):
+        check_covers_ranks(cuts, 3, "dev")
 
 
 def test_fast_forward_yields_exactly_the_remaining_batches():

@@ -46,10 +46,10 @@ def bump_mtime(path: Path) -> None:
 
 def test_librispeech_several_subsets(ls_root, tmp_path):
     cuts = LibriSpeechCorpus(ls_root, ["train-clean-100", "train-clean-360"]).cuts(tmp_path / "cache")
-    assert len(cuts) == 10
+    assert cuts.is_lazy and len(cuts) == 10  # streamed from the cached jsonl.gz
     subsets = {c.supervisions[0].custom["subset"] for c in cuts}
     assert subsets == {"train-clean-100", "train-clean-360"}
-    cut = cuts["100-200-0000"]
+    (cut,) = cuts.subset(cut_ids=["100-200-0000"])  # lhotse cannot index a lazy CutSet by id
     audio_path = ls_root / "LibriSpeech/train-clean-100/100/200/100-200-0000.flac"
     trans = (audio_path.parent / "100-200.trans.txt").read_text().splitlines()[0]
     sup = cut.supervisions[0]
@@ -163,10 +163,13 @@ def test_max_minutes_subset_is_deterministic_and_nested(ls_root, tmp_path):
 
     half = pick(budget_min, seed=3)
     assert sum(c.duration for c in half) <= budget_min * 60
-    assert 0 < len(half) < len(full)
-    assert list(half.ids) == list(pick(budget_min, seed=3).ids)
+    assert half.is_lazy and 0 < len(half) < len(full)  # a subset manifest written next to the full one
+    assert list(half.ids) == list(pick(budget_min, seed=3).ids) == sorted(half.ids)
+    assert len(list(cache.glob("*.minutes-*.jsonl.gz"))) == 1  # written once, reused
     assert set(half.ids) <= set(pick(0.8 * total / 60, seed=3).ids)  # nested budgets
     assert {tuple(pick(budget_min, seed=s).ids) for s in range(4)} != {tuple(half.ids)}
+    eager = subset_by_minutes(full.to_eager(), budget_min, seed=3)  # same subset from an in-memory CutSet
+    assert not eager.is_lazy and list(eager.ids) == list(half.ids)
     with pytest.raises(ValueError, match="max_minutes"):
         subset_by_minutes(full, 1e-4, seed=0)
     with pytest.raises(ValueError, match="max_minutes"):

@@ -113,6 +113,25 @@ def test_labels_off_never_reads_the_transcript(corpus):
     assert not {"targets", "target_lengths", "texts"} & set(loader_batch)
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_evaluation_covers_every_utterance_once_over_the_ranks(corpus, world_size):
+    dm = make_dm(corpus, max_duration=1.0)  # several batches per rank
+    per_rank = [[b["ids"] for b in dm.val_dataloader(rank=r, world_size=world_size)[0]] for r in range(world_size)]
+    assert all(len(batches) >= 1 for batches in per_rank)  # no rank idles (Lightning would hang at the sync)
+    ids = [i for batches in per_rank for b in batches for i in b]
+    assert sorted(ids) == sorted(c.id for c in dm.eval_cuts("val", "source"))  # == single process, no duplicate
+    assert len(ids) == SPLITS["dev-clean"]
+    flac = flac_of(corpus, first_uid(corpus, "dev-clean"))
+    predict = make_dm(corpus, predict=[str(flac), str(flac_of(corpus, first_uid(corpus, "train-clean-100")))])
+    predicted = [i for r in range(world_size) for b in predict.predict_dataloader(r, world_size) for i in b["ids"]]
+    assert len(predicted) == len(set(predicted)) == 2  # world_size 3: one rank predicts nothing, which is fine
+
+
+def test_an_evaluation_set_smaller_than_the_world_is_a_clear_error(corpus):
+    with pytest.raises(ValueError, match=r"val/source has 4 utterance\(s\) for 5 ranks"):
+        make_dm(corpus).val_dataloader(rank=0, world_size=5)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_oov_character_error_names_utterance_and_file(corpus):
@@ -131,6 +150,10 @@ def test_oov_character_skip_is_counted(corpus):
     assert dm.skipped["val/source"] == {"oov_character": 1}
     ids = [i for b in dm.val_dataloader()[0] for i in b["ids"]]
     assert uid not in ids and len(ids) == SPLITS["dev-clean"] - 1
+    kept = dm.eval_cuts("val", "source")  # a lazily read filtered manifest, written once next to the source
+    assert kept.is_lazy and len(kept) == SPLITS["dev-clean"] - 1
+    assert len(list((corpus / "cache").glob("*.labels-*.jsonl.gz"))) == 1
+    assert dm.train_cuts().is_lazy and len(dm.train_cuts()) == SPLITS["train-clean-100"]
 
 
 def test_clip_too_short_for_its_ctc_label(corpus):

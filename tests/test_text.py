@@ -142,3 +142,25 @@ def test_sentencepiece_oov_skip():
     tok = SentencePieceTokenizer.build(TRAIN * 4, vocab_size=40, oov="skip")
     assert tok.decode(tok.encode("the quiz")) == "the ui"
     assert tok.oov_counts == {"q": 1, "z": 1}
+
+
+def test_a_label_is_normalised_once_and_encoded_from_that_text():
+    from types import SimpleNamespace
+
+    from datamodules.dataset import encode_label
+
+    tok = CharTokenizer.build(TRAIN)
+    seen = []
+    normalizer = tok.normalizer
+    tok.normalizer = lambda text: seen.append(text) or normalizer(text)
+    cut = SimpleNamespace(id="u1", supervisions=[SimpleNamespace(text="The  DOG, ran!")])
+    text, ids = encode_label(cut, tok)
+    assert seen == ["The  DOG, ran!"] and text == "the dog ran" and tok.decode(ids) == text
+    assert ids == tok.encode("The  DOG, ran!") == tok.encode_normalized("the dog ran")
+
+
+def test_character_table_is_per_policy():
+    text = "It's a well-known fact, isn't it?"
+    assert TextNormalizer()(text) == "it's a well known fact isn't it"
+    assert TextNormalizer(keep_chars="-")(text) == "its a well-known fact isnt it"  # no stale cached mapping
+    assert TextNormalizer(punctuation="keep")(text) == "it's a well-known fact, isn't it?"
