@@ -56,6 +56,10 @@ class Settings:
     target_steps: int = 150      # (a), (c), (d)
     val_every: int = 5           # validations per run (approximately)
     subsampling: int = 4         # ScratchEncoder frame rate 100 / subsampling per second
+    decay: str = "cosine"        # lr decay of every method ("constant" = the demo configs with max_steps -1)
+    dann_init: str = "source"    # (e) starts from the source model (b) ("source") or from random init ("scratch")
+    dann_lambda: float = 0.5     # (e) lambda_max of the ganin schedule
+    dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
     extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra CLI args
 
     @classmethod
@@ -189,11 +193,19 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
             "--experiment", "study", "--run_name", m.key, "--wandb", "false",
             "--trainer.max_epochs", str(epochs), "--trainer.max_steps", str(steps),
             "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", str(steps)]
-    if not m.needs_source:  # (c), (d) inherit the source model's encoder
+    from_source = m.needs_source or (m.key == "e_dann" and s.dann_init == "source")
+    args += ["--model.init_args.decay", s.decay]
+    if not from_source:  # else the encoder (architecture + weights) is the source model's
         args += ["--model.init_args.backbone.init_args.subsampling", str(s.subsampling)]
+    source_ckpt = str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")
+    if m.key == "e_dann":
+        if from_source:  # a second --config right after the experiment's replaces its ScratchEncoder
+            backbone = {"model": {"init_args": {"backbone": {
+                "class_path": "lightning_modules.backbones.CheckpointBackbone", "init_args": {"path": source_ckpt}}}}}
+            args[2:2] = ["--config", str(write_yaml(out / "configs" / "dann_from_source.yaml", backbone))]
+        args += ["--model.init_args.lambda_max", str(s.dann_lambda), "--model.init_args.domain_level", s.dann_level]
     if m.needs_source:
-        args += ["--model.init_args.backbone.init_args.path",
-                 str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]
+        args += ["--model.init_args.backbone.init_args.path", source_ckpt]
     if m.key == "c_finetune":  # the demo schedule in epochs, stretched to this budget: head, +top layer, all
         schedule = {0: ["head"], max(1, epochs // 5): ["top:1"], max(2, 2 * epochs // 5): ["all"]}
         override = {"callbacks": [{"class_path": "callbacks.GradualUnfreezing", "init_args": {

@@ -67,6 +67,9 @@ class CommonVoiceCorpus(Corpus):
     def cache_name(self) -> str:
         return f"commonvoice-{self.locale}-{self.split}"
 
+    def display_name(self) -> str:
+        return f"CommonVoice {self.locale}/{self.split}"
+
     def _check_layout(self, policy: E.BadInputPolicy) -> tuple[Path, Path] | None:
         locale_dir = self.root / self.locale
         tsv, clips = locale_dir / f"{self.split}.tsv", locale_dir / "clips"

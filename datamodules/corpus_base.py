@@ -151,9 +151,12 @@ class Corpus:
         return self.corpus_name
 
     def describe(self) -> str:
-        """Short human-readable name for reports, e.g. ``librispeech-train-clean-100 (≤2 min)``."""
+        """Short human-readable name for reports, e.g. ``CommonVoice en/train (≤2 min)``."""
         limit = f" (≤{self.max_minutes:g} min)" if self.max_minutes is not None else ""
-        return self.cache_name() + limit
+        return self.display_name() + limit
+
+    def display_name(self) -> str:
+        return self.cache_name()
 
     def _check_layout(self, policy: E.BadInputPolicy):
         raise NotImplementedError

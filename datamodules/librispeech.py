@@ -68,6 +68,9 @@ class LibriSpeechCorpus(Corpus):
     def cache_name(self) -> str:
         return "librispeech-" + "+".join(self.subsets)
 
+    def display_name(self) -> str:
+        return "LibriSpeech " + "+".join(self.subsets)
+
     def _check_layout(self, policy: E.BadInputPolicy) -> list[tuple[str, Path]] | None:
         if not self.root.is_dir():
             policy.bad(self.root, E.MISSING_ROOT, "LibriSpeech root directory does not exist")

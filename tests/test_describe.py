@@ -6,9 +6,9 @@ from jsonargparse import ArgumentParser
 from pytorch_lightning import LightningDataModule
 
 EXPECTED = {
-    "demo_source": ({"source": "librispeech-train-clean-100", "target": None}, 0.0),
-    "demo_dann": ({"source": "librispeech-train-clean-100", "target": "commonvoice-en-train (unlabelled)"}, 0.0),
-    "demo_target_subset": ({"source": None, "target": "commonvoice-en-train (≤2 min)"}, 2.0),
+    "demo_source": ({"source": "LibriSpeech train-clean-100", "target": None}, 0.0),
+    "demo_dann": ({"source": "LibriSpeech train-clean-100", "target": "CommonVoice en/train (unlabelled)"}, 0.0),
+    "demo_target_subset": ({"source": None, "target": "CommonVoice en/train (≤2 min)"}, 2.0),
 }
 
 
