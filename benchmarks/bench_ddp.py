@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(ratio_line("DDP CPU: 2 ranks / 1 rank samples/s", sps2 / sps1, 1.6, lower_is_better=False, detail=detail,
                      quick=args.quick))
     same = {k.split("/")[-1]: (round(m1[k], 6), round(m2[k], 6)) for k in keys}
-    print(ratio_line("DDP CPU: final val metrics max |diff| (2 vs 1 rank)", metric_diff, 1e-4, unit="",
+    print(ratio_line("DDP CPU: final val metrics max abs diff (2 vs 1 rank)", metric_diff, 1e-4, unit="",
                      detail=f"{same}; max |param diff| {param_diff:.2e}"))
     tmp.cleanup()
 

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{statistics.median(f / p for f, p in zip(frame_t, plain_t)):.3f}")
     ratio = min(frame_t) / min(plain_t)
     print(ratio_line("train step: framework / plain PyTorch", ratio, 1.05, detail=detail, quick=args.quick))
-    print(ratio_line("train step: same losses (max |diff|)", diff, 1e-4, unit=""))
+    print(ratio_line("train step: same losses (max abs diff)", diff, 1e-4, unit=""))
     tmp.cleanup()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_common import REPO, parse_result_lines  # noqa: E402
+from benchmarks.bench_common import REPO, RESULT_PREFIX, parse_result_lines  # noqa: E402
 
 BENCHMARKS = {  # key -> script
     "data": "bench_data.py",
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                           "detail": text.strip().splitlines()[-1] if text.strip() else ""})
         for row in found:
             rows.append({"bench": key, **row})
-            print(f"   {row['name']}: {row['value']} ({row['goal']}) {row['status']}", flush=True)
+            print(f"{RESULT_PREFIX} | {row['name']} | {row['value']} | {row['goal']} | {row['status']} | "
+                  f"{row.get('detail', '')}", flush=True)
         print(f"   [{wall:.0f} s]", flush=True)
     after = load()
     print()

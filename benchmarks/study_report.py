@@ -73,8 +73,12 @@ def write_study_report(out: Path, study: dict) -> Path:
         f"- corpus: {corpus}",
         f"- labelled target subset for (a), (c), (d): {s['target_minutes']:g} min "
         f"(`CommonVoiceCorpus(max_minutes=...)`); (e) sees the whole target train split WITHOUT labels",
-        f"- budgets: {s['source_steps']} optimizer steps for (b), (e); {s['target_steps']} for (a), (c), (d); "
-        f"batches of <= {s['max_duration']:g} s audio; training batches per epoch {study['epoch_steps']}",
+        f"- budgets: about {s['source_steps']} optimizer steps for (b), (e) and {s['target_steps']} for (a), (c), (d), "
+        f"in whole epochs (exact counts in the table); batches of <= {s['max_duration']:g} s audio; training "
+        f"batches per epoch {study['epoch_steps']}; lr decay {s.get('decay', 'cosine')}; (e) from "
+        f"{'the source model (b)' if s.get('dann_init') == 'source' else 'random init'}, "
+        f"lambda_max {s.get('dann_lambda', 0.5)} (ganin schedule), {s.get('dann_level', 'utterance')}-level "
+        "domain classifier",
         "- models: demo configs (quickstart.yaml ScratchEncoder 2xBiLSTM-160 CTC; demo_finetune.yaml with its "
         "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml), seed 0",
         "- evaluation: `speechxfer test` on the LAST checkpoint of each run (fixed budget, no model selection), "

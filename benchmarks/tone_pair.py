@@ -1,6 +1,6 @@
 """A larger generated source/target pair of "tone speech" corpora for the benchmarks and the transfer study.
 
-    python benchmarks/tone_pair.py OUT [--train 400] [--dev 40] [--test 40] [--shift 0.5]
+    python benchmarks/tone_pair.py OUT [--train 400] [--dev 40] [--test 40] [--shift 0.2]
 
 Source: ``OUT/LibriSpeech/{train-clean-100,dev-clean,test-clean}`` (16 kHz FLAC, UPPERCASE
 transcripts), target: ``OUT/commonvoice/en/{clips/*.mp3, train.tsv, dev.tsv, test.tsv}`` (48 kHz MP3,
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=400)
     parser.add_argument("--dev", type=int, default=40)
     parser.add_argument("--test", type=int, default=40)
-    parser.add_argument("--shift", type=float, default=0.5)
+    parser.add_argument("--shift", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from benchmarks.bench_common import make_tone_corpus

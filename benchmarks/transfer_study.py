@@ -20,6 +20,15 @@ voice + noise) that tiny CPU models learn in minutes; ``demo`` uses ``experiment
 ``OUT/compare/``, and ``OUT/report.md`` gives the test table, the expected orderings from the
 literature ((c) < (a) and (e) < (b) on target WER) with whether this run shows them, the settings and
 the exact commands.
+
+Overrides the study adds to the demo configs (see ``method_args``): data configs for the chosen corpus
+(one character vocabulary, built from the source training text, for every method); whole epochs
+with ``trainer.max_steps`` set to their exact number of batches (the lhotse loaders have no length, so
+with ``max_steps: -1`` Lightning's ``estimated_stepping_batches`` is infinite: no lr decay, and the
+DANN lambda schedule of ``demo_dann.yaml`` would stay at 0 for the whole run); ``decay`` constant
+(``Settings.decay``: cosine decay over these short budgets stops the BiLSTM before it leaves the CTC
+blank plateau); (c) gets the demo unfreezing schedule stretched to its epochs. ``--set KEY=VALUE``
+changes any ``Settings`` field, e.g. ``--set dann_init=source dann_lambda=0.1 shift=0.2``.
 """
 
 from __future__ import annotations
@@ -49,16 +58,16 @@ class Settings:
     train: int = 400             # tone corpus: utterances per domain in train (dev/test below)
     dev: int = 40
     test: int = 40
-    shift: float = 0.5           # tone corpus target voice shift (pitch x (1 + 0.25 shift) + noise)
+    shift: float = 0.2           # tone corpus target voice shift (pitch x (1 + 0.25 shift) + noise)
     target_minutes: float = 1.0  # labelled target subset for (a), (c), (d)
     max_duration: float = 20.0   # seconds of audio per batch
-    source_steps: int = 300      # (b) and (e)
-    target_steps: int = 150      # (a), (c), (d)
+    source_steps: int = 900      # (b) and (e)
+    target_steps: int = 300      # (a), (c), (d)
     val_every: int = 5           # validations per run (approximately)
     subsampling: int = 4         # ScratchEncoder frame rate 100 / subsampling per second
-    decay: str = "cosine"        # lr decay of every method ("constant" = the demo configs with max_steps -1)
-    dann_init: str = "source"    # (e) starts from the source model (b) ("source") or from random init ("scratch")
-    dann_lambda: float = 0.5     # (e) lambda_max of the ganin schedule
+    decay: str = "constant"      # lr decay of every method (= what the demo configs get with max_steps -1)
+    dann_init: str = "scratch"   # (e) starts from random init ("scratch") or from the source model (b) ("source")
+    dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (demo_dann.yaml: 0.5)
     dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
     extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra CLI args
 
@@ -163,8 +172,10 @@ def steps_per_epoch(data_config: Path) -> int:
 
 
 # ---------------------------------------------------------------- runs
-def cli(args: list[str], log: Path) -> None:
+def cli(args: list[str], log: Path, threads: int | None = None) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch intra-op threads of the run (+1 DataLoader worker)
     env.pop("SPEECHXFER_RUN_DIR", None)
     with open(log, "a", encoding="utf-8") as f:
         f.write("$ python -m experiments " + " ".join(args) + "\n")
@@ -176,10 +187,11 @@ def cli(args: list[str], log: Path) -> None:
 
 
 def epoch_budget(steps: int, per_epoch: int, validations: int) -> tuple[int, int]:
-    """(epochs, validate every n epochs): whole epochs covering ``steps``, the last one validated."""
+    """(epochs, validate every n epochs): whole epochs closest to ``steps`` (at most ``steps`` when it is
+    at least one epoch), a multiple of the validation interval so the last epoch is validated."""
     epochs = max(1, round(steps / max(1, per_epoch)))
     every = max(1, epochs // max(1, validations))
-    return -(-epochs // every) * every, every
+    return max(every, epochs // every * every), every
 
 
 def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_steps: dict[str, int]) -> list[str]:
@@ -225,7 +237,8 @@ def read_test_metrics(run_dir: Path) -> dict[str, float]:
     return values
 
 
-def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None) -> dict:
+def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None, threads: int | None = 1,
+              notes: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "study.log"
     root = out / "corpus"
@@ -244,8 +257,8 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
         test = ["test", *args, "--runs_dir", str(out / "test_runs"), "--ckpt_path", str(ckpt)]
         start = time.perf_counter()
         print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: fit ...", flush=True)
-        cli(fit, log)
-        cli(test, log)
+        cli(fit, log, threads)
+        cli(test, log, threads)
         metrics = read_test_metrics(out / "test_runs" / "study" / m.key)
         summary = json.loads((out / "runs" / "study" / m.key / "summary.json").read_text())
         results[m.key] = {"label": m.label, "test": metrics, "fit_wall_s": summary.get("wall_time_s"),
@@ -259,7 +272,7 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
     cli(compare, log)
     commands.append("python -m experiments " + " ".join(compare))
     study = {"corpus": corpus, "settings": s.__dict__, "epoch_steps": epoch_steps, "results": results,
-             "commands": commands, "wall_s": time.perf_counter() - t0}
+             "commands": commands, "wall_s": time.perf_counter() - t0, "notes": notes or []}
     (out / "study.json").write_text(json.dumps(study, indent=2), encoding="utf-8")
     write_study_report(out, study)
     return study
@@ -272,12 +285,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", choices=["tone", "demo"], default="tone")
     parser.add_argument("--only", default="", help="comma-separated method keys (default: all)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a Settings field")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (default 1; with its DataLoader worker a run keeps 2 cores busy); "
+                             "0 = torch default")
+    parser.add_argument("--notes", type=Path, default=None, help="markdown file appended to the report as Notes")
+    parser.add_argument("--report-only", action="store_true", help="rewrite OUT/report.md from OUT/study.json")
     args = parser.parse_args(argv)
     s = Settings.quick() if args.quick else Settings()
     for item in args.set:
         key, value = item.split("=", 1)
         setattr(s, key, type(getattr(s, key))(value))
-    study = run_study(args.out.resolve(), args.corpus, s, [k for k in args.only.split(",") if k] or None)
+    only = [k for k in args.only.split(",") if k] or None
+    notes = args.notes.read_text(encoding="utf-8").splitlines() if args.notes else None
+    if args.report_only:
+        study = json.loads((args.out / "study.json").read_text(encoding="utf-8"))
+        study["notes"] = notes if notes is not None else study.get("notes", [])
+        print(f"wrote {write_study_report(args.out.resolve(), study)}")
+        return
+    study = run_study(args.out.resolve(), args.corpus, s, only, args.threads or None, notes)
     print(f"wrote {args.out / 'report.md'} ({study['wall_s']:.0f} s)")
 
 

@@ -59,13 +59,13 @@ def test_run_all_quick_runs_step_cache_and_memory_and_writes_results(tmp_path):
     results = tmp_path / "results.md"
     out = run_script("run_all.py", "--quick", "--only", "step,cache,memory", "--results", str(results))
     rows = results_by_name(out)
-    assert {"train step: framework / plain PyTorch", "train step: same losses (max |diff|)",
+    assert {"train step: framework / plain PyTorch", "train step: same losses (max abs diff)",
             "frozen features epoch 2+: cache / no cache"} <= set(rows)
     memory = [name for name in rows if name.startswith("memory: ")]
     assert len(memory) == 5, memory
     # the framework and the plain loop computed exactly the same training run
-    assert rows["train step: same losses (max |diff|)"]["status"] == "ok"
-    assert number(rows["train step: same losses (max |diff|)"]["value"]) < 1e-4
+    assert rows["train step: same losses (max abs diff)"]["status"] == "ok"
+    assert number(rows["train step: same losses (max abs diff)"]["value"]) < 1e-4
     assert rows["train step: framework / plain PyTorch"]["status"] == "smoke"
     assert number(rows["memory: scratch / scratch step peak"]["value"]) == pytest.approx(1.0)
     text = results.read_text()
@@ -77,7 +77,7 @@ def test_run_all_quick_runs_step_cache_and_memory_and_writes_results(tmp_path):
 def test_bench_ddp_quick_gives_identical_metrics():
     rows = results_by_name(run_script("bench_ddp.py", "--quick"))
     assert number(rows["DDP CPU: 2 ranks / 1 rank samples/s"]["value"]) > 0
-    same = rows["DDP CPU: final val metrics max |diff| (2 vs 1 rank)"]
+    same = rows["DDP CPU: final val metrics max abs diff (2 vs 1 rank)"]
     assert same["status"] == "ok", same
 
 
