@@ -10,7 +10,8 @@ plus command-line overrides, then evaluated on the source and target TEST sets w
     (b) source_only  quickstart.yaml     on the labelled source; also the source model of (c) and (d)
     (c) finetune     demo_finetune.yaml  source model -> target subset, staged unfreezing (GradualUnfreezing)
     (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
-    (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal
+    (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal; starts from the
+                                         source model (b) (``--set dann_init=scratch``: random init)
 
 Data (``--corpus``): ``tone`` (default) generates a source/target pair of "tone speech"
 (``benchmarks/tone_pair.py``: LibriSpeech layout source, Common Voice layout MP3 target with a shifted
@@ -28,7 +29,8 @@ with ``max_steps: -1`` Lightning's ``estimated_stepping_batches`` is infinite: n
 DANN lambda schedule of ``demo_dann.yaml`` would stay at 0 for the whole run); ``decay`` constant
 (``Settings.decay``: cosine decay over these short budgets stops the BiLSTM before it leaves the CTC
 blank plateau); (c) gets the demo unfreezing schedule stretched to its epochs. ``--set KEY=VALUE``
-changes any ``Settings`` field, e.g. ``--set dann_init=source dann_lambda=0.1 shift=0.2``.
+changes any ``Settings`` field, e.g. ``--set shift=0.5 dann_init=scratch dann_lambda=0.5``. See
+``benchmarks/study_notes.md`` for why the defaults are what they are.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,10 +68,9 @@ class Settings:
     val_every: int = 5           # validations per run (approximately)
     subsampling: int = 4         # ScratchEncoder frame rate 100 / subsampling per second
     decay: str = "constant"      # lr decay of every method (= what the demo configs get with max_steps -1)
-    dann_init: str = "scratch"   # (e) starts from random init ("scratch") or from the source model (b) ("source")
+    dann_init: str = "source"    # (e) starts from the source model (b) ("source") or from random init ("scratch")
     dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (demo_dann.yaml: 0.5)
     dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
-    extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra CLI args
 
     @classmethod
     def quick(cls) -> Settings:
@@ -92,23 +93,18 @@ METHODS = [
     Method("a_scratch", "quickstart.yaml", "target_subset", label="(a) scratch on target subset"),
     Method("c_finetune", "demo_finetune.yaml", "target_subset", needs_source=True, label="(c) fine-tune, staged"),
     Method("d_frozen", "demo_frozen.yaml", "target_subset", needs_source=True, label="(d) frozen + head"),
-    Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),
+    Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),  # after (b)
 ]
 
 
 # ---------------------------------------------------------------- data configs
 def corpora(kind: str, root: Path) -> dict[str, dict]:
-    """Corpus configs of the study's splits."""
-    if kind == "demo":
-        cv = DEMO_ROOT / "commonvoice"
-        ls = lambda subset: {"class_path": "datamodules.LibriSpeechCorpus",  # noqa: E731
-                             "init_args": {"root": str(DEMO_ROOT), "subsets": [subset]}}
-        cvc = lambda split, **kw: {"class_path": "datamodules.CommonVoiceCorpus",  # noqa: E731
-                                   "init_args": {"root": str(cv), "locale": "en", "split": split, **kw}}
-    else:
-        ls, cvc = (lambda subset: librispeech(root, subset)), (lambda split, **kw: commonvoice(root, split, **kw))
-    return {"source_train": ls("train-clean-100"), "source_dev": ls("dev-clean"), "source_test": ls("test-clean"),
-            "target_train": cvc("train"), "target_dev": cvc("dev"), "target_test": cvc("test"), "cv": cvc}
+    """Corpus configs of the study's splits (both corpora share the layout ``root/{LibriSpeech,commonvoice}``)."""
+    root = DEMO_ROOT if kind == "demo" else root
+    return {"source_train": librispeech(root, "train-clean-100"), "source_dev": librispeech(root, "dev-clean"),
+            "source_test": librispeech(root, "test-clean"), "target_train": commonvoice(root, "train"),
+            "target_dev": commonvoice(root, "dev"), "target_test": commonvoice(root, "test"),
+            "target_subset": lambda minutes: commonvoice(root, "train", max_minutes=minutes, seed=0)}
 
 
 def build_tokenizer(c: dict, cache: Path, path: Path) -> Path:
@@ -138,7 +134,7 @@ def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dic
 def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
     """data_source.yaml, data_target_subset.yaml, data_dann.yaml under ``out/configs``."""
     cache = out / "cache"
-    subset = c["cv"]("train", max_minutes=s.target_minutes, seed=0)
+    subset = c["target_subset"](s.target_minutes)
     common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
               "frames_per_second": 100 / s.subsampling,
               "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
@@ -225,7 +221,7 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         args += ["--config", str(write_yaml(out / "configs" / "finetune_schedule.yaml", override))]
     if m.key == "d_frozen":
         args += ["--model.init_args.feature_cache_dir", str(out / "feature_cache")]
-    return args + s.extra.get(m.key, [])
+    return args
 
 
 def read_test_metrics(run_dir: Path) -> dict[str, float]:
@@ -249,7 +245,7 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
     epoch_steps = {k: steps_per_epoch(p) for k, p in data.items()}
     results, commands = {}, []
     for m in METHODS:
-        if only and m.key not in only:
+        if only and not {m.key, m.key.split("_")[0]} & set(only):  # "b_source_only" or "b"
             continue
         args = method_args(m, out, data, s, epoch_steps)
         fit = ["fit", *args, "--runs_dir", str(out / "runs")]
@@ -283,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
     parser.add_argument("--quick", action="store_true", help="tiny corpus and a few steps per method (smoke run)")
     parser.add_argument("--corpus", choices=["tone", "demo"], default="tone")
-    parser.add_argument("--only", default="", help="comma-separated method keys (default: all)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated methods by letter or key, e.g. b,e or b_source_only,e_dann (default: all)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a Settings field")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (default 1; with its DataLoader worker a run keeps 2 cores busy); "

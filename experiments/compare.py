@@ -74,7 +74,7 @@ def format_row(record: RunRecord) -> dict[str, str]:
     out = {k: "" if v is None else str(v) for k, v in raw.items()}
     for key in ("source_wer", "source_cer", "target_wer", "target_cer"):
         out[key] = "" if raw[key] is None else f"{100 * float(raw[key]):.2f}"
-    out["minutes"] = "" if raw["minutes"] is None else f"{float(raw['minutes']):g}"
+    out["minutes"] = "" if raw["minutes"] is None else f"{float(raw['minutes']):.3g}"
     out["params"], out["wall_time"] = _params(raw["params"]), _duration(raw["wall_time"])
     return out
 
