@@ -115,6 +115,7 @@ class ASRDataModule(pl.LightningDataModule):
         self.skipped: dict[str, dict[str, int]] = {}
         self.train_sampler: DurationBucketingSampler | None = None
         self._resume: dict[str, int] | None = None
+        self._batch_counts: dict[tuple[int, int], int] = {}
 
     # -- contract properties -------------------------------------------------------------------
     @property
@@ -188,6 +189,20 @@ class ASRDataModule(pl.LightningDataModule):
                                 domain=domain_id(self.domain), augment=self.augment,
                                 on_bad_input=self.on_bad_input, seed=self.seed)
         return self._loader(dataset, sampler)
+
+    def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
+        """Training batches per epoch on this rank, counted by a dry pass of the sampler (metadata only).
+
+        The samplers have no ``__len__``, so Lightning cannot estimate the number of optimizer steps
+        of an epoch-bounded run; LR and lambda schedules ask here instead
+        (``lightning_modules.optim.total_optimizer_steps``). Epoch 0's count (later epochs differ by a
+        batch or two: reshuffled buckets fill differently). Cached per (rank, world_size).
+        """
+        rank, world_size = resolve_rank(self.trainer, rank, world_size)
+        if (rank, world_size) not in self._batch_counts:
+            sampler = self._sampler(self.train_cuts(), True, rank, world_size)
+            self._batch_counts[rank, world_size] = sum(1 for _ in sampler)
+        return self._batch_counts[rank, world_size]
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None) -> list[DataLoader]:
         return [self._eval_loader("val", name, rank, world_size) for name in self.val_corpora]

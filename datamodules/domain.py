@@ -154,6 +154,10 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         self.train_loader = loader
         return loader
 
+    def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
+        """Paired batches per epoch on this rank = the source sampler's (an epoch is one source pass)."""
+        return self.source.train_batches_per_epoch(*resolve_rank(self.trainer, rank, world_size))
+
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None) -> list[DataLoader]:
         return self.source.val_dataloader(rank, world_size) + self.target.val_dataloader(rank, world_size)
 

@@ -13,11 +13,13 @@ and are counted in ``train/ctc_infeasible``.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
@@ -27,7 +29,7 @@ from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
-from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups
+from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups, total_optimizer_steps
 
 
 def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
@@ -230,7 +232,10 @@ class CTCModule(pl.LightningModule):
         self._check_covered(groups)
         lrs = base_learning_rates(len(groups), len(backbone), hp.lr, hp.backbone_lr, hp.layer_decay)
         optimizer = torch.optim.AdamW(build_param_groups(groups, lrs, hp.warmup_steps, hp.weight_decay), lr=hp.lr)
-        total = self.trainer.estimated_stepping_batches
+        total = total_optimizer_steps(self.trainer)
+        if hp.decay != "constant" and not math.isfinite(total):
+            rank_zero_warn(f"the number of training steps is unknown (set trainer.max_steps or max_epochs): "
+                           f"decay={hp.decay!r} is not applied, the lr stays at its peak after warm-up")
         scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -6,9 +6,9 @@ both feed ``GradientReversal`` → ``DomainClassifier`` (source = 0, target = 1)
 
     loss = ctc(source) + domain_loss_weight · CE(domain)   with the encoder gradient of CE × −λ
 
-λ follows ``lambda_schedule``: "ganin" λ_p = λ_max·(2/(1+exp(−γp)) − 1), p = global_step /
-estimated_stepping_batches, or "constant" λ_max. Validation/test are the core's (per-domain WER).
-The domain classifier is optimised in the "head" param group (lr ``lr``).
+λ follows ``lambda_schedule``: "ganin" λ_p = λ_max·(2/(1+exp(−γp)) − 1) with p = global_step / total
+optimizer steps of the fit (``optim.total_optimizer_steps``), or "constant" λ_max. Validation/test
+are the core's (per-domain WER). The domain classifier is optimised in the "head" param group.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lightning_modules.backbones.base import Backbone
 from lightning_modules.ctc import CTCModule
 from lightning_modules.grl import GradientReversal, dann_lambda
 from lightning_modules.heads import DomainClassifier, domain_loss
+from lightning_modules.optim import total_optimizer_steps
 
 
 class DANNCTC(CTCModule):
@@ -40,10 +41,14 @@ class DANNCTC(CTCModule):
         self.domain_classifier = DomainClassifier(backbone.output_dim, domain_hidden, 2, domain_level,
                                                   self.hparams.dropout)
 
+    def on_train_start(self) -> None:
+        if self.hparams.lambda_schedule != "constant" and not math.isfinite(total_optimizer_steps(self.trainer)):
+            raise ValueError("DANNCTC: the ganin lambda schedule needs the number of training steps; set "
+                             "trainer.max_steps or trainer.max_epochs (or lambda_schedule: constant)")
+
     def progress(self) -> float:
-        """p in [0, 1]: global step / total optimizer steps (0 when the total is unknown)."""
-        total = self.trainer.estimated_stepping_batches
-        return min(self.global_step / total, 1.0) if math.isfinite(total) and total > 0 else 0.0
+        """p in [0, 1]: global step / total optimizer steps of the fit."""
+        return min(self.global_step / total_optimizer_steps(self.trainer), 1.0)
 
     def current_lambda(self) -> float:
         hp = self.hparams

@@ -16,13 +16,15 @@ with ``warmup(k) = min(1, (k + 1) / warmup_steps)`` and ``decay`` linear / cosin
 ``last_epoch``, the optimizer + scheduler state dicts restore it exactly on resume, and an
 unfreezing callback only has to set ``requires_grad`` and ``active_since_step`` (then call
 ``scheduler.refresh()`` to apply the new lrs within the current step). ``total_steps`` is part of
-the scheduler state, so a resumed run keeps the schedule length it started with.
+the scheduler state, so a resumed run keeps the schedule length it started with; it comes from
+``total_optimizer_steps(trainer)``, which also knows epoch-bounded runs over our unsized samplers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
@@ -57,6 +59,24 @@ def build_param_groups(layer_groups: Sequence[tuple[str, Sequence[nn.Parameter]]
                        "active_since_step": active, "warmup_steps": int(warmup_steps),
                        "weight_decay": weight_decay})
     return groups
+
+
+def total_optimizer_steps(trainer: Any) -> float:
+    """Optimizer steps the whole fit will take: the length LR decay and the DANN lambda schedule span.
+
+    Lightning's ``estimated_stepping_batches`` needs ``len(train_dataloader)``, which our duration
+    samplers do not have (dynamic batches): for an epoch-bounded run (``max_epochs`` set) it returns
+    ``max_steps`` -- -1 when unset, else a cap the epochs may never reach. The epoch length then comes
+    from the datamodule's ``train_batches_per_epoch()`` (a dry pass of the sampler, metadata only) and
+    the total is ``ceil(batches / accumulate_grad_batches) * max_epochs``, capped by ``max_steps``.
+    Returns ``inf`` when neither is known (the schedules then hold their peak value).
+    """
+    estimate = trainer.estimated_stepping_batches  # also sets up the train loader (num_training_batches)
+    count = getattr(trainer.datamodule, "train_batches_per_epoch", None)
+    if trainer.max_epochs in (None, -1) or math.isfinite(trainer.num_training_batches) or count is None:
+        return float(estimate) if estimate > 0 else math.inf
+    total = math.ceil(count() / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return float(min(total, trainer.max_steps) if trainer.max_steps > 0 else total)
 
 
 def warmup_factor(steps_active: int, warmup_steps: int) -> float:
