@@ -12,7 +12,7 @@ new gradients/optimizer state) and the peak RSS of the process. glibc is told to
 >= 128 kB by mmap (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave RSS and each step's peak is its
 own. Each method runs in a fresh process (``--quick``: all in one process, 2 steps). DataLoader
 workers are separate processes and not counted. Ratios are against the from-scratch model.
-The fine-tune / frozen configs start from the scratch run's checkpoint (written by its first run).
+The fine-tune / frozen / DANN configs start from the scratch run's checkpoint (written by its first run).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def measure(name: str, work: Path, steps: int, checkpoint: Path) -> dict:
     args = ["--config", config]
     if override:
         args += ["--config", str(write_yaml(work / f"override-{abs(hash(name))}.yaml", override))]
-    if name.startswith(("finetune", "frozen")):
+    if name.startswith(("finetune", "frozen", "dann")):
         args += ["--model.init_args.backbone.init_args.path", str(checkpoint)]
     if name == "frozen":
         args += ["--model.init_args.feature_cache_dir", str(work / "feature_cache")]

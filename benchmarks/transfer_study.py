@@ -7,7 +7,7 @@ plus command-line overrides, then evaluated on the source and target TEST sets w
 ``python -m experiments test`` on its last checkpoint (a fixed budget: no model selection):
 
     (a) scratch      quickstart.yaml     on the small labelled target subset
-    (b) source_only  quickstart.yaml     on the labelled source; also the source model of (c) and (d)
+    (b) source_only  quickstart.yaml     on the labelled source; also the source model of (c), (d), (e)
     (c) finetune     demo_finetune.yaml  source model -> target subset, staged unfreezing (GradualUnfreezing)
     (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
     (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal; starts from the
@@ -24,9 +24,7 @@ the exact commands.
 
 Overrides the study adds to the demo configs (see ``method_args``): data configs for the chosen corpus
 (one character vocabulary, built from the source training text, for every method); whole epochs
-with ``trainer.max_steps`` set to their exact number of batches (the lhotse loaders have no length, so
-with ``max_steps: -1`` Lightning's ``estimated_stepping_batches`` is infinite: no lr decay, and the
-DANN lambda schedule of ``demo_dann.yaml`` would stay at 0 for the whole run); ``decay`` constant
+with ``trainer.max_steps`` set to their exact number of batches (the step counts in the report); ``decay`` constant
 (``Settings.decay``: cosine decay over these short budgets stops the BiLSTM before it leaves the CTC
 blank plateau); (c) gets the demo unfreezing schedule stretched to its epochs. ``--set KEY=VALUE``
 changes any ``Settings`` field, e.g. ``--set shift=0.5 dann_init=scratch dann_lambda=0.5``. See
@@ -44,6 +42,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,9 +67,9 @@ class Settings:
     target_steps: int = 300      # (a), (c), (d)
     val_every: int = 5           # validations per run (approximately)
     subsampling: int = 4         # ScratchEncoder frame rate 100 / subsampling per second
-    decay: str = "constant"      # lr decay of every method (= what the demo configs get with max_steps -1)
+    decay: str = "constant"      # lr decay of every method (the demo configs: cosine)
     dann_init: str = "source"    # (e) starts from the source model (b) ("source") or from random init ("scratch")
-    dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (demo_dann.yaml: 0.5)
+    dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (as demo_dann.yaml)
     dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
 
     @classmethod
@@ -194,26 +194,24 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
     """Config + overrides shared by fit and test of method ``m``."""
     epochs, val_every = epoch_budget(s.source_steps if m.steps_of == "source" else s.target_steps,
                                      epoch_steps[m.data], s.val_every)
-    # max_steps = the exact number of batches: the loaders have no length, so without it Lightning's
-    # estimated_stepping_batches is inf (no lr decay, and DANN's ganin lambda schedule stays at 0)
-    steps = epochs * epoch_steps[m.data]
+    steps = epochs * epoch_steps[m.data]  # also what the schedules span (optim.total_optimizer_steps)
     args = ["--config", str(REPO / "experiments" / m.config), "--data", str(data[m.data]),
             "--experiment", "study", "--run_name", m.key, "--wandb", "false",
             "--trainer.max_epochs", str(epochs), "--trainer.max_steps", str(steps),
-            "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", str(steps)]
+            "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", str(steps),
+            "--model.init_args.decay", s.decay]
     from_source = m.needs_source or (m.key == "e_dann" and s.dann_init == "source")
-    args += ["--model.init_args.decay", s.decay]
-    if not from_source:  # else the encoder (architecture + weights) is the source model's
+    if m.key == "e_dann" and not from_source:  # demo_dann.yaml starts from a source model: use quickstart's encoder
+        quickstart = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
+        scratch = {"model": {"init_args": {"backbone": quickstart["model"]["init_args"]["backbone"]}}}
+        args[2:2] = ["--config", str(write_yaml(out / "configs" / "dann_from_scratch.yaml", scratch))]
+    if from_source:  # the encoder (architecture + weights) is the source model's
+        args += ["--model.init_args.backbone.init_args.path",
+                 str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]
+    else:
         args += ["--model.init_args.backbone.init_args.subsampling", str(s.subsampling)]
-    source_ckpt = str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")
     if m.key == "e_dann":
-        if from_source:  # a second --config right after the experiment's replaces its ScratchEncoder
-            backbone = {"model": {"init_args": {"backbone": {
-                "class_path": "lightning_modules.backbones.CheckpointBackbone", "init_args": {"path": source_ckpt}}}}}
-            args[2:2] = ["--config", str(write_yaml(out / "configs" / "dann_from_source.yaml", backbone))]
         args += ["--model.init_args.lambda_max", str(s.dann_lambda), "--model.init_args.domain_level", s.dann_level]
-    if m.needs_source:
-        args += ["--model.init_args.backbone.init_args.path", source_ckpt]
     if m.key == "c_finetune":  # the demo schedule in epochs, stretched to this budget: head, +top layer, all
         schedule = {0: ["head"], max(1, epochs // 5): ["top:1"], max(2, 2 * epochs // 5): ["all"]}
         override = {"callbacks": [{"class_path": "callbacks.GradualUnfreezing", "init_args": {

@@ -87,7 +87,7 @@ class SpeechCLI(LightningCLI):
                 run_dir, config.experiment, run_tags(self.model, self.datamodule), config.wandb, config.wandb_project
             )
         user_callbacks = trainer_config.get("callbacks") or []
-        callbacks += default_callbacks(user_callbacks + callbacks)
+        callbacks += default_callbacks(user_callbacks + callbacks, with_logger=bool(trainer_config["logger"]))
         if trainer_config.get("enable_checkpointing", True) is not False and not any(
             type(cb).__name__ == "ModelCheckpoint" for cb in user_callbacks
         ):
@@ -97,8 +97,10 @@ class SpeechCLI(LightningCLI):
         return self._instantiate_trainer(trainer_config, callbacks)
 
 
-def default_callbacks(present: list[Callback]) -> list[Callback]:
+def default_callbacks(present: list[Callback], with_logger: bool = True) -> list[Callback]:
     """Callbacks every run gets unless the config already has one of the same type."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
     from callbacks import (
         AudioThroughput, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue, WandbLayerWeights,
         WandbValidationSamples,
@@ -108,7 +110,10 @@ def default_callbacks(present: list[Callback]) -> list[Callback]:
     wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd, RandomState]
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         wanted.append(SlurmRequeue)  # checkpoint + requeue on sbatch --signal=SIGUSR1@90
-    return [cls() for cls in wanted if cls not in have]
+    added = [cls() for cls in wanted if cls not in have]
+    if with_logger and LearningRateMonitor not in have:  # lr/<param group> every log_every_n_steps
+        added.append(LearningRateMonitor(logging_interval="step"))
+    return added
 
 
 def run_tags(model: LightningModule, datamodule: LightningDataModule) -> list[str]:

@@ -86,11 +86,13 @@ def test_finetune_with_gradual_unfreezing(quickstart_run: Path, work: Path, tmp_
         "groups unfrozen at step 4 must have trained (their gradients synced by the callback)"
 
 
-def test_dann(work: Path, tmp_path: Path):
+def test_dann(quickstart_run: Path, work: Path, tmp_path: Path):
     short = {"max_duration": 3.0}
     overrides = {**SHORT_RUN, "callbacks": [DUMP],
                  "data": {"init_args": {"source": {"init_args": short}, "target": {"init_args": short}}}}
-    config = tiny_config(EXPERIMENTS / "demo_dann.yaml", work / "ddp_dann", all_data=True, overrides=overrides)
+    source = quickstart_run / "checkpoints" / "last.ckpt"
+    config = tiny_config(EXPERIMENTS / "demo_dann.yaml", work / "ddp_dann", ckpt=source, all_data=True,
+                         overrides=overrides)
     run = ddp_fit(config, tmp_path, "dann")
     rank0, steps = assert_replicas_identical(run)
     assert any(n.startswith("domain_classifier.") for n in rank0["params"])
