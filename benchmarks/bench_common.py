@@ -87,14 +87,15 @@ def commonvoice(root: Path, split: str, **extra: Any) -> dict[str, Any]:
 
 
 def source_data_config(root: Path, max_duration: float = 20.0, num_workers: int = 0, with_target: bool = False,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, num_buckets: int = 4) -> dict[str, Any]:
     """``ASRDataModule`` config: train on the source; validate/test on source (and target)."""
     val, test = {"source": librispeech(root, "dev-clean")}, {"source": librispeech(root, "test-clean")}
     if with_target:
         val["target"], test["target"] = commonvoice(root, "dev"), commonvoice(root, "test")
     return {"class_path": "datamodules.ASRDataModule", "init_args": {
         "domain": "source", "train": librispeech(root, "train-clean-100"), "val": val, "test": test,
-        "max_duration": max_duration, "num_buckets": 4, "num_workers": num_workers, "frames_per_second": 25.0,
+        "max_duration": max_duration, "num_buckets": num_buckets, "num_workers": num_workers,
+        "frames_per_second": 25.0,
         "seed": seed, "cache_dir": str(Path(root) / ".cache")}}
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -200,8 +201,11 @@ class ASRDataModule(pl.LightningDataModule):
         """
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
         if (rank, world_size) not in self._batch_counts:
+            start = time.perf_counter()
             sampler = self._sampler(self.train_cuts(), True, rank, world_size)
             self._batch_counts[rank, world_size] = sum(1 for _ in sampler)
+            log.info("%s: %d training batches per epoch on rank %d/%d (counted in %.1f s)", self.domain,
+                     self._batch_counts[rank, world_size], rank, world_size, time.perf_counter() - start)
         return self._batch_counts[rank, world_size]
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None) -> list[DataLoader]:
