@@ -197,7 +197,9 @@ class ASRDataModule(pl.LightningDataModule):
         The samplers have no ``__len__``, so Lightning cannot estimate the number of optimizer steps
         of an epoch-bounded run; LR and lambda schedules ask here instead
         (``lightning_modules.optim.total_optimizer_steps``). Epoch 0's count (later epochs differ by a
-        batch or two: reshuffled buckets fill differently). Cached per (rank, world_size).
+        batch or two: reshuffled buckets fill differently). Cached per (rank, world_size); costs about
+        as much as the label checks (a 280k-utterance index: 30 s on a 2-core Xeon, measured). Only
+        called for epoch-bounded runs: with ``trainer.max_steps`` set and ``max_epochs: -1`` the total is known.
         """
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
         if (rank, world_size) not in self._batch_counts:
