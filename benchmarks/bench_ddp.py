@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
     sps = {k: statistics.median(v) for k, v in rates.items() if v}
     detail = (f"median per-step {sps['2 ranks']:.1f} vs {sps['1 rank']:.1f} utt/s, {args.rounds} round(s), "
-              f"{threads} thread(s)/rank, {epochs} epoch(s) of {sum(counts) // epochs} batches (4 buckets)")
+              f"{threads} thread(s)/rank, {epochs} epoch(s), 4 duration buckets")
     print(ratio_line("DDP CPU: 2 ranks / 1 rank samples/s", sps["2 ranks"] / sps["1 rank"], 1.6,
                      lower_is_better=False, detail=detail, quick=args.quick))
     if "2 x 1 rank at once" in sps:

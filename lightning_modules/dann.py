@@ -38,17 +38,19 @@ class DANNCTC(CTCModule):
         super().__init__(backbone, vocab_size, **kwargs)
         dann_lambda(lambda_schedule, 0.0)  # validate the name now, not at the first step
         self.grl = GradientReversal(0.0)
+        self.total_steps = math.inf  # optimizer steps of the fit, known at on_train_start
         self.domain_classifier = DomainClassifier(backbone.output_dim, domain_hidden, 2, domain_level,
                                                   self.hparams.dropout)
 
     def on_train_start(self) -> None:
-        if self.hparams.lambda_schedule != "constant" and not math.isfinite(total_optimizer_steps(self.trainer)):
+        self.total_steps = total_optimizer_steps(self.trainer)
+        if self.hparams.lambda_schedule != "constant" and not math.isfinite(self.total_steps):
             raise ValueError("DANNCTC: the ganin lambda schedule needs the number of training steps; set "
                              "trainer.max_steps or trainer.max_epochs (or lambda_schedule: constant)")
 
     def progress(self) -> float:
-        """p in [0, 1]: global step / total optimizer steps of the fit."""
-        return min(self.global_step / total_optimizer_steps(self.trainer), 1.0)
+        """p in [0, 1]: global step / total optimizer steps of the fit (0 before training starts)."""
+        return min(self.global_step / self.total_steps, 1.0)
 
     def current_lambda(self) -> float:
         hp = self.hparams
