@@ -156,15 +156,10 @@ def steps_per_epoch(data_config: Path) -> int:
     from jsonargparse import ArgumentParser
     from pytorch_lightning import LightningDataModule
 
-    from datamodules.sampling import DurationBucketingSampler
-
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningDataModule, "data")
     dm = parser.instantiate(parser.parse_args(["--data", str(data_config)])).data
-    dm = getattr(dm, "source", dm)  # domain adaptation: an epoch is one pass over the source
-    sampler = DurationBucketingSampler(dm.train_cuts(), max_duration=dm.max_duration, num_buckets=dm.num_buckets,
-                                       shuffle=True, seed=dm.seed)
-    return sum(1 for _ in sampler)
+    return dm.train_batches_per_epoch(rank=0, world_size=1)  # domain adaptation: one pass over the source
 
 
 # ---------------------------------------------------------------- runs
