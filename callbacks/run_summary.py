@@ -22,7 +22,6 @@ At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
+
+from datamodules.atomic import write_json_atomic
 
 SUMMARY_FILE = "summary.json"
 BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
@@ -62,14 +63,6 @@ def describe_data(datamodule: Any) -> Any:
     if callable(describe):
         return describe()
     return {"class": type(datamodule).__name__, "val_domains": list(getattr(datamodule, "val_domains", []) or [])}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON via a temporary file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class RunSummary(Callback):

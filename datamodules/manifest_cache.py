@@ -22,13 +22,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lhotse import CutSet
 from lhotse.lazy import LazyJsonlIterator, LazyManifestIterator
+
+from datamodules.atomic import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +76,6 @@ def default_cache_dir(root: Path) -> Path:
     return USER_CACHE_DIR
 
 
-def _atomic_write(final: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``final``, then ``os.replace`` it."""
-    suffix = "".join(final.suffixes)  # lhotse picks the format from the extension (.jsonl.gz)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) so that concurrent readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
 class ManifestCache:
     """Cut manifests of scanned corpora in ``directory``, one entry per (name, fingerprint)."""
 
@@ -116,8 +97,8 @@ class ManifestCache:
         """Write an entry atomically; returns the manifest path."""
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest, meta_path = self.paths(name, key)
-        atomic_write_text(meta_path, json.dumps(meta, sort_keys=True))
-        _atomic_write(manifest, cuts.to_file)
+        write_text_atomic(meta_path, json.dumps(meta, sort_keys=True))
+        atomic_write(manifest, cuts.to_file)
         return manifest
 
 
@@ -166,7 +147,7 @@ def derive_manifest(cuts: CutSet, tag: str, keep: Callable[[Any], bool]) -> CutS
     target = source.with_name(f"{stem}.{tag}.jsonl.gz")
     if not target.is_file():
         try:
-            _atomic_write(target, cuts.filter(keep).to_file)
+            atomic_write(target, cuts.filter(keep).to_file)
         except OSError as e:
             log.warning("cannot write %s (%s): filtering %s on the fly instead", target, e, source)
             return cuts.filter(keep)

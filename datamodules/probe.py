@@ -49,6 +49,25 @@ def tail_decodes(path: Path, num_frames: int, sample_rate: int) -> str | None:
     return None
 
 
+def has_no_audio(path: Path) -> bool:
+    """True when libsndfile opens the header but the file holds no audio frame: a header count of 0, or
+    an unknown count (a FLAC STREAMINFO total of 0) with no frame that decodes. False when it has audio
+    or is not a libsndfile format (lhotse's probe then reports it)."""
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception:
+        return False
+    with f:
+        if f.frames == 0:
+            return True
+        if f.frames < UNKNOWN_LENGTH:
+            return False
+        try:
+            return f.read(1, dtype="float32", always_2d=True).shape[0] == 0
+        except Exception:
+            return True
+
+
 def probe_recording(
     path: Path,
     recording_id: str,
@@ -61,6 +80,9 @@ def probe_recording(
     """
     if path.stat().st_size == 0:
         policy.bad(path, E.EMPTY_FILE, "file has 0 bytes")
+        return None
+    if has_no_audio(path):  # a valid header with no audio: lhotse reports NoBackendError instead
+        policy.bad(path, E.EMPTY_AUDIO, "audio has 0 samples")
         return None
     try:
         rec = Recording.from_file(path, recording_id=recording_id)

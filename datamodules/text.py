@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from datamodules.errors import OOVError
-from datamodules.manifest_cache import atomic_write_text
+from datamodules.atomic import write_text_atomic
 
 BLANK = "<blank>"
 OOV_POLICIES = ("error", "skip")
@@ -144,7 +144,7 @@ class _TokenizerIO:
 
     def save(self, path: str | Path) -> None:
         """JSON file of ``to_dict()`` (atomic write)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
+        write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: str | Path):

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,9 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from .backbones.base import Backbone, BackboneOutput, atomic_save
+from datamodules.atomic import torch_save_atomic, write_text_atomic
+
+from .backbones.base import Backbone, BackboneOutput
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -70,7 +71,7 @@ class FeatureCache:
         self.dir = Path(root) / hashlib.sha1(text.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "namespace.json").is_file():
-            _atomic_write_text(self.dir / "namespace.json", text + "\n")
+            write_text_atomic(self.dir / "namespace.json", text + "\n")
         self.stats: Counter[str] = Counter(hits=0, misses=0, writes=0, corrupt=0, fp32_entries=0)
 
     @classmethod
@@ -133,7 +134,7 @@ class FeatureCache:
             raise ValueError(f"put(): {len(keys)} keys but {len(hidden)} feature rows")
         for i, key in enumerate(keys):
             entry = hidden[i] if lengths is None else hidden[i][: int(lengths[i])]
-            atomic_save(self._storable(entry), self.path(key))
+            torch_save_atomic(self._storable(entry), self.path(key))
             self.stats["writes"] += 1
 
     def _storable(self, entry: Tensor) -> Tensor:
@@ -148,14 +149,3 @@ class FeatureCache:
     def hit_rate(self) -> float:
         total = self.stats["hits"] + self.stats["misses"]
         return self.stats["hits"] / total if total else 0.0
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

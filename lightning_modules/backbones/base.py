@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -142,20 +140,6 @@ def _few(label: str, items: Iterable[str], n: int = 4) -> str:
         return ""
     more = f" ... (+{len(items) - n})" if len(items) > n else ""
     return f"{len(items)} {label} [{', '.join(items[:n])}{more}]; "
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the target folder, then ``os.replace``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha1(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -41,10 +41,11 @@ from torch import Tensor, nn
 from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.pipelines._wav2vec2.impl import Wav2Vec2Bundle
 
+from datamodules.atomic import torch_save_atomic
+
 from .base import (
     Backbone,
     BackboneOutput,
-    atomic_save,
     file_sha1,
     lengths_to_mask,
     load_state_dict_checked,
@@ -226,12 +227,12 @@ def save_backbone_weights(backbone: Backbone, path: str | Path) -> Path:
     """
     model = backbone.model if isinstance(backbone, TorchaudioBackbone) else backbone
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_save(state, path)
+    torch_save_atomic(state, path)
     return Path(path)
 
 
 def export_bundle_weights(bundle: str, path: str | Path) -> Path:
     """Download ``bundle``'s pretrained weights (needs internet) and save them for ``weights_path``."""
     model = get_bundle(bundle).get_model()
-    atomic_save(_clean_state_dict(model.state_dict()), path)
+    torch_save_atomic(_clean_state_dict(model.state_dict()), path)
     return Path(path)
