@@ -66,8 +66,12 @@ class CTCModule(pl.LightningModule):
     all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
     group, multiplied by ``layer_decay`` per group below; ``decay`` "linear" | "cosine" |
     "constant" down to ``min_lr_ratio`` after ``warmup_steps``; ``spec_augment`` kwargs of
-    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only.
+    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only -- not together
+    with a backbone that masks its own CNN features before the transformer (``backbone.feature_masking()``,
+    the wav2vec 2.0 recipe), unless the backbone never trains (``frozen_backbone``).
     """
+
+    frozen_backbone = False  # True: the backbone stays in eval (no dropout, LayerDrop or masking)
 
     def __init__(self, backbone: Backbone, vocab_size: int, tokenizer: dict | None = None,
                  head: Literal["linear", "bilstm"] = "linear", head_hidden: int = 256,
@@ -83,6 +87,10 @@ class CTCModule(pl.LightningModule):
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
         self.head = build_head(head, backbone.output_dim, vocab_size, head_hidden, dropout)
+        if spec_augment and not self.frozen_backbone and backbone.feature_masking() is not None:
+            raise ValueError(f"spec_augment would mask the features a second time: the backbone already masks its CNN "
+                             f"features before the transformer ({backbone.feature_masking()}); drop spec_augment "
+                             "or set the backbone's mask to null")
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
         self.ctc_infeasible_count = SumMetric()  # training utterances per epoch whose CTC alignment is impossible
