@@ -29,7 +29,8 @@ from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
-from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups, total_optimizer_steps
+from lightning_modules.optim import (TRI_STAGE, TransferLRScheduler, base_learning_rates, build_param_groups,
+                                     check_tri_stage, total_optimizer_steps)
 
 
 def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
@@ -65,7 +66,8 @@ class CTCModule(pl.LightningModule):
     "weighted" over ``layers`` (backbone hidden-state indices, negatives allowed; default last /
     all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
     group, multiplied by ``layer_decay`` per group below; ``decay`` "linear" | "cosine" |
-    "constant" down to ``min_lr_ratio`` after ``warmup_steps``; ``spec_augment`` kwargs of
+    "constant" down to ``min_lr_ratio`` after ``warmup_steps``, or "tri_stage" (warm-up / hold /
+    exponential decay to ``min_lr_ratio`` over ``tri_stage_phases`` of the run, see ``optim.py``); ``spec_augment`` kwargs of
     ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only -- not together
     with a backbone that masks its own CNN features before the transformer (``backbone.feature_masking()``,
     the wav2vec 2.0 recipe), unless the backbone never trains (``frozen_backbone``).
@@ -78,11 +80,13 @@ class CTCModule(pl.LightningModule):
                  featurizer: Literal["last", "weighted"] = "last", layers: list[int] | None = None,
                  normalize_layers: bool = False, dropout: float = 0.1, lr: float = 1e-3,
                  backbone_lr: float | None = None, layer_decay: float | None = None, weight_decay: float = 0.01,
-                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant"] = "linear",
-                 min_lr_ratio: float = 0.0,
+                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant", "tri_stage"] = "linear",
+                 min_lr_ratio: float = 0.0, tri_stage_phases: tuple[float, float, float] = TRI_STAGE,
                  spec_augment: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        if decay == "tri_stage":
+            check_tri_stage(tri_stage_phases, min_lr_ratio)  # fail at construction, not at fit
         self.backbone = backbone
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
@@ -249,7 +253,7 @@ class CTCModule(pl.LightningModule):
         if hp.decay != "constant" and not math.isfinite(total):
             rank_zero_warn(f"the number of training steps is unknown (set trainer.max_steps or max_epochs): "
                            f"decay={hp.decay!r} is not applied, the lr stays at its peak after warm-up")
-        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio)
+        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio, phases=hp.tri_stage_phases)
         # "name": LearningRateMonitor logs each param group as lr/<group name>
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
