@@ -272,9 +272,13 @@ class CTCModule(pl.LightningModule):
         ``trainer.ckpt_path = ...`` set before ``fit``. With ``trainer.fit(ckpt_path=...)`` Lightning
         restores only after ``setup``, so the pretrained weights are loaded and then overwritten.
         """
-        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
-        if stage == "fit" and not self._weights_restored and not resuming:
+        if self.fresh_fit(stage):
             self.backbone.load_pretrained()
+
+    def fresh_fit(self, stage: str) -> bool:
+        """True when ``stage`` is a fit whose weights do not come from a checkpoint (see ``setup``)."""
+        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
+        return stage == "fit" and not self._weights_restored and not resuming
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tokenizer = self.hparams.tokenizer
