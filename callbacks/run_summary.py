@@ -13,6 +13,7 @@ run continues them. Schema (JSON)::
      "trainable_params": 1234, "max_trainable_params": 1234, "total_params": 5678,
      "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
      "best": {"val/target/wer": {"value": 0.31, "step": 180}, ...},
+     "headline_metric": "val/target/wer",   # .../cer for languages written without spaces (datamodules/locales.py)
      "monitor_mode": "min", "updated": "2025-01-01T12:00:00"}
 
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
@@ -32,6 +33,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.atomic import write_json_atomic
+from datamodules.locales import monitored_metric
 
 SUMMARY_FILE = "summary.json"
 BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
@@ -93,6 +95,7 @@ class RunSummary(Callback):
             "backbone": describe_backbone(pl_module),
             "data": describe_data(dm),
             "labelled_target_minutes": getattr(dm, "labelled_target_minutes", None),
+            "headline_metric": monitored_metric(dm),
             "total_params": count_params(pl_module),
         }
 

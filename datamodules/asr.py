@@ -153,6 +153,11 @@ class ASRDataModule(pl.LightningDataModule):
         return list(self.test_corpora)
 
     @property
+    def val_languages(self) -> dict[str, str | None]:
+        """Language of each validation domain's corpus (decides the headline metric, see ``locales.py``)."""
+        return {name: corpus.language for name, corpus in self.val_corpora.items()}
+
+    @property
     def augments_waveform(self) -> bool:
         return self.augment is not None and self.augment.enabled
 

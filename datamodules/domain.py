@@ -120,6 +120,10 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         return self.source.test_domains + self.target.test_domains
 
     @property
+    def val_languages(self) -> dict[str, str | None]:
+        return {**self.source.val_languages, **self.target.val_languages}
+
+    @property
     def augments_waveform(self) -> bool:
         return self.source.augments_waveform or self.target.augments_waveform
 

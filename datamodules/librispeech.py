@@ -42,6 +42,7 @@ class LibriSpeechCorpus(Corpus):
 
     corpus_name = "librispeech"
     expected_sample_rates = (16000,)
+    language = "en"
 
     def __init__(
         self,

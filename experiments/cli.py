@@ -28,12 +28,8 @@ import torch
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from experiments.runs import (
-    checkpoint_callbacks,
-    default_loggers,
-    monitored_metric,
-    resolve_run_dir,
-)
+from datamodules.locales import monitored_metric
+from experiments.runs import checkpoint_callbacks, default_loggers, resolve_run_dir
 
 TOOLS = {
     "transcribe": "experiments.transcribe:main",

@@ -109,12 +109,3 @@ def checkpoint_callbacks(run_dir: Path, monitor: str | None, every_n_steps: int)
         auto_insert_metric_name=False,
     )
     return [best, last]
-
-
-def monitored_metric(datamodule) -> str | None:
-    """``val/target/wer`` when the datamodule validates a target domain, else ``val/source/wer``."""
-    domains = list(getattr(datamodule, "val_domains", []) or [])
-    if not domains:
-        return None
-    name = "target" if "target" in domains else domains[0]
-    return f"val/{name}/wer"
