@@ -126,8 +126,7 @@ def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dic
         "domain": domain, "train": train,
         "val": {first: c[f"{first}_dev"], second: c[f"{second}_dev"]},
         "test": {first: c[f"{first}_test"], second: c[f"{second}_test"]},
-        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0,
-        "frames_per_second": 100 / s.subsampling, "cache_dir": str(cache),
+        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0, "cache_dir": str(cache),
         "tokenizer_path": str(cache / "tokenizer.json")}}
 
 
@@ -136,7 +135,6 @@ def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
     cache = out / "cache"
     subset = c["target_subset"](s.target_minutes)
     common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
-              "frames_per_second": 100 / s.subsampling,
               "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
     dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
         "target_labels": False,

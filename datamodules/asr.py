@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import DOMAIN_IDS, domain_id
 from datamodules.corpora import Corpus
+from datamodules.ctc_check import FrameCounter
 from datamodules.dataset import SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import USER_CACHE_DIR
@@ -62,7 +63,6 @@ class ASRDataModule(pl.LightningDataModule):
         shuffle, drop_last, seed: training sampler settings (``set_epoch`` reshuffles).
         num_workers: DataLoader workers per loader; ``pin_memory`` defaults to CUDA availability.
         augment: training-only waveform augmentation (off by default).
-        frames_per_second: encoder frame rate for the "clip too short for its CTC label" check.
         on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs.
         cache_dir: corpus manifest + tokenizer cache; default: manifests next to the data (else
             ``~/.cache/speechxfer``), tokenizers in ``~/.cache/speechxfer``.
@@ -88,7 +88,6 @@ class ASRDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         seed: int = 0,
         augment: WaveformAugmentation | None = None,
-        frames_per_second: float = 50.0,
         on_bad_input: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
     ) -> None:
@@ -106,13 +105,14 @@ class ASRDataModule(pl.LightningDataModule):
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = augment
-        self.frames_per_second = frames_per_second
+        self.output_lengths: FrameCounter | None = None  # set: overrides the trainer's model (encoder_frames)
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # None: corpora pick
         self._tokenizer: Any = None
         self._tokenizer_owner: ASRDataModule | None = None
         self._raw: dict[str, CutSet] = {}
         self._checked: dict[str, CutSet] = {}
+        self._checked_frames: dict[str, bool] = {}  # key -> checked with encoder frame counts
         self.skipped: dict[str, dict[str, int]] = {}
         self.train_sampler: DurationBucketingSampler | None = None
         self._resume: dict[str, int] | None = None
@@ -253,22 +253,35 @@ class ASRDataModule(pl.LightningDataModule):
             return 0.0
         return sum(cut.duration for cut in self.train_cuts()) / 60.0
 
+    def encoder_frames(self) -> FrameCounter | None:
+        """Exact encoder frames per sample count: ``self.output_lengths`` if set, else the backbone of the
+        CTC model this datamodule is attached to (``model_output_lengths``); None without either (the
+        "too short for CTC" check then waits until a model is attached)."""
+        return self.output_lengths if self.output_lengths is not None else model_output_lengths(self.trainer)
+
+    def _stale(self, key: str) -> bool:
+        """True until ``key`` was checked, or when it was checked without frame counts that now exist."""
+        return key not in self._checked or (not self._checked_frames[key] and self.encoder_frames() is not None)
+
     def train_cuts(self) -> CutSet:
         """Training cuts after the label checks (labelled mode) -- what the sampler draws from."""
-        if "train" not in self._checked:
+        if self._stale("train"):
             if self.train_corpus is None:
                 raise ValueError("ASRDataModule(train=...) was not given")
             raw = self._corpus_cuts("train", self.train_corpus)
             max_speed = self.augment.max_speed if self.augments_waveform else 1.0
             self._checked["train"] = self._check(raw, "train", max_speed) if self.train_labels else raw
+            self._batch_counts.clear()  # counted over the previous check's cuts
+            self._checked_frames["train"] = self.encoder_frames() is not None or not self.train_labels
         return self._checked["train"]
 
     def eval_cuts(self, split: Literal["val", "test"], name: str) -> CutSet:
         """Labelled val/test cuts of domain ``name`` (always labelled: that is the evaluation)."""
         key = f"{split}/{name}"
-        if key not in self._checked:
+        if self._stale(key):
             corpora = self.val_corpora if split == "val" else self.test_corpora
             self._checked[key] = self._check(self._corpus_cuts(key, corpora[name]), key, 1.0)
+            self._checked_frames[key] = self.encoder_frames() is not None
         return self._checked[key]
 
     def _corpus_cuts(self, key: str, corpus: Corpus) -> CutSet:
@@ -277,8 +290,12 @@ class ASRDataModule(pl.LightningDataModule):
         return self._raw[key]
 
     def _check(self, cuts: CutSet, name: str, max_speed: float) -> CutSet:
-        kept, skipped = check_labels(cuts, self.tokenizer, self.frames_per_second, self.on_bad_input,
-                                     max_speed=max_speed, name=f"{self.domain}/{name}")
+        frames = self.encoder_frames()
+        if frames is None and name not in self.skipped:
+            log.info("%s/%s: no model attached yet; clips too short for their CTC label are checked once one is "
+                     "(set .output_lengths to a backbone's output_lengths to check now)", self.domain, name)
+        kept, skipped = check_labels(cuts, self.tokenizer, frames, self.on_bad_input, max_speed=max_speed,
+                                     name=f"{self.domain}/{name}")
         self.skipped[name] = dict(skipped)
         if not any(True for _ in kept):
             raise BadInputError(name, "no_usable_utterances", f"every utterance was skipped: {dict(skipped)}")
@@ -343,6 +360,14 @@ class ASRDataModule(pl.LightningDataModule):
     def _loader(self, dataset: SpeechDataset, sampler: DurationBucketingSampler) -> DataLoader:
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         return make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
+
+
+def model_output_lengths(trainer: Any) -> FrameCounter | None:
+    """``backbone.output_lengths`` of the ``CTCModule`` the trainer fits; None without one."""
+    from lightning_modules.ctc import CTCModule  # the model side of the contract; imported when asked
+
+    module = trainer.lightning_module if trainer is not None else None
+    return module.backbone.output_lengths if isinstance(module, CTCModule) else None
 
 
 def progress_state(trainer: Any, sampler: DurationBucketingSampler | None, seed: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from datamodules.asr import ASRDataModule, check_resume, progress_state
+from datamodules.asr import ASRDataModule, check_resume, model_output_lengths, progress_state
 from datamodules.sampling import DurationBucketingSampler, resolve_rank
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,19 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     def labelled_target_minutes(self) -> float:
         return self.target.labelled_target_minutes
 
+    def _share_encoder_frames(self) -> None:
+        """The attached model's frame counts for both sides' CTC length checks (they have no trainer)."""
+        frames = model_output_lengths(self.trainer)
+        if frames is not None:
+            self.source.output_lengths = self.target.output_lengths = frames
+
     def prepare_data(self) -> None:
+        self._share_encoder_frames()
         self.source.prepare_data()
         self.target.prepare_data()
 
     def setup(self, stage: str | None = None) -> None:
+        self._share_encoder_frames()
         self.source.setup(stage)
         self.target.setup(stage)
 

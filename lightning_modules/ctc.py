@@ -6,8 +6,9 @@ Transfer methods (``finetune.py``, ``frozen.py``, ``dann.py``) are short subclas
 
 CTC loss convention: per utterance ``loss / max(target_length, 1)``, averaged over the
 utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
-``zero_infinity=True``; utterances whose alignment is impossible (too few frames) contribute 0
-and are counted in ``train/ctc_infeasible``.
+``zero_infinity=True``; utterances whose alignment is impossible (too few frames, the rule of
+``datamodules.ctc_check``, which the data layer also applies) contribute 0 and are counted in
+``train/ctc_infeasible``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from datamodules.augment import SpecAugment
+from datamodules.ctc_check import ctc_infeasible
 from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
@@ -48,13 +50,6 @@ def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengt
     losses = F.ctc_loss(log_probs.transpose(0, 1).float(), targets, lengths, target_lengths,
                         blank=0, reduction="none", zero_infinity=True)
     return losses / target_lengths.clamp(min=1).to(losses.dtype)
-
-
-def ctc_infeasible(lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
-    """(B,) bool: fewer frames than tokens + repeated neighbours (CTC needs a blank between repeats)."""
-    valid = torch.arange(targets.shape[1], device=targets.device)[None, 1:] < target_lengths[:, None]
-    repeats = ((targets[:, 1:] == targets[:, :-1]) & valid).sum(1)
-    return lengths < target_lengths + repeats
 
 
 class CTCModule(pl.LightningModule):
