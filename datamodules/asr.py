@@ -37,6 +37,7 @@ from datamodules.corpora import Corpus
 from datamodules.ctc_check import FrameCounter
 from datamodules.dataset import SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
+from datamodules.replay import mix, replay_slice, total_seconds
 from datamodules.manifest_cache import USER_CACHE_DIR
 from datamodules.sampling import DurationBucketingSampler, check_covers_ranks, make_loader, resolve_rank
 from datamodules.text import CharTokenizer, SentencePieceTokenizer, TextNormalizer, load_tokenizer
@@ -63,6 +64,9 @@ class ASRDataModule(pl.LightningDataModule):
         shuffle, drop_last, seed: training sampler settings (``set_epoch`` reshuffles).
         num_workers: DataLoader workers per loader; ``pin_memory`` defaults to CUDA availability.
         augment: training-only waveform augmentation (off by default).
+        replay: a source corpus to replay while training on this one (``replay.py``): the training cuts
+            become ``CutSet.mux`` of these and a seeded slice of ``replay`` holding ``replay_ratio`` of
+            the mixed audio. Validate on "source" too, to see the forgetting it prevents.
         on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs.
         cache_dir: corpus manifest + tokenizer cache; default: manifests next to the data (else
             ``~/.cache/speechxfer``), tokenizers in ``~/.cache/speechxfer``.
@@ -88,6 +92,8 @@ class ASRDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         seed: int = 0,
         augment: WaveformAugmentation | None = None,
+        replay: Corpus | None = None,
+        replay_ratio: float = 0.2,
         on_bad_input: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
     ) -> None:
@@ -105,6 +111,9 @@ class ASRDataModule(pl.LightningDataModule):
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = augment
+        if replay is not None and not train_labels:
+            raise ValueError("replay needs labelled training (train_labels=True): replayed source cuts are trained with CTC")
+        self.replay, self.replay_ratio = replay, replay_ratio
         self.output_lengths: FrameCounter | None = None  # set: overrides the trainer's model (encoder_frames)
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # None: corpora pick
@@ -243,6 +252,8 @@ class ASRDataModule(pl.LightningDataModule):
         train = self.train_corpus.describe() if self.train_corpus is not None else None
         if train is not None and not self.train_labels:
             train += " (unlabelled)"
+        if train is not None and self.replay is not None:
+            train += f" + {100 * self.replay_ratio:g} % replay of {self.replay.describe()}"
         return {"source": train if self.domain != "target" else None,
                 "target": train if self.domain == "target" else None}
 
@@ -251,7 +262,8 @@ class ASRDataModule(pl.LightningDataModule):
         """Minutes of labelled target-domain training audio (0 when training on the source domain)."""
         if self.domain != "target" or not self.train_labels or self.train_corpus is None:
             return 0.0
-        return sum(cut.duration for cut in self.train_cuts()) / 60.0
+        self.train_cuts()
+        return total_seconds(self._checked["train"]) / 60.0  # without the replayed source cuts
 
     def encoder_frames(self) -> FrameCounter | None:
         """Exact encoder frames per sample count: ``self.output_lengths`` if set, else the backbone of the
@@ -273,7 +285,17 @@ class ASRDataModule(pl.LightningDataModule):
             self._checked["train"] = self._check(raw, "train", max_speed) if self.train_labels else raw
             self._batch_counts.clear()  # counted over the previous check's cuts
             self._checked_frames["train"] = self.encoder_frames() is not None or not self.train_labels
-        return self._checked["train"]
+            if self.replay is not None:
+                replayed = self._check(self._replay_cuts(), "replay", max_speed)
+                self._checked["train+replay"] = mix(self._checked["train"], replayed, self.seed)
+        return self._checked["train+replay" if self.replay is not None else "train"]
+
+    def _replay_cuts(self) -> CutSet:
+        """The seeded slice of the replay corpus sized by ``replay_ratio`` against the target's audio."""
+        if "replay" not in self._raw:
+            target = total_seconds(self._corpus_cuts("train", self.train_corpus))
+            self._raw["replay"] = replay_slice(self.replay.cuts(self.cache_dir), target, self.replay_ratio, self.seed)
+        return self._raw["replay"]
 
     def eval_cuts(self, split: Literal["val", "test"], name: str) -> CutSet:
         """Labelled val/test cuts of domain ``name`` (always labelled: that is the evaluation)."""
@@ -325,8 +347,10 @@ class ASRDataModule(pl.LightningDataModule):
             return load_tokenizer(self.tokenizer_path)
         if self.train_corpus is None:
             raise ValueError("no training corpus to build the tokenizer from: pass train=... or tokenizer_path=...")
-        cuts = self._corpus_cuts("train", self.train_corpus)
-        texts = _Texts(cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
+        cuts = [self._corpus_cuts("train", self.train_corpus)]
+        if self.replay is not None:  # the replayed source text is trained on too
+            cuts.append(self._replay_cuts())
+        texts = _Texts(*cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
         settings = {"kind": self.tokenizer_kind, "normalizer": self.normalizer.to_dict(),
                     "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None}
         path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{_hash(settings, texts)}.json"
@@ -398,13 +422,13 @@ def _named(corpora: dict[str, Corpus] | Corpus | None, domain: str) -> dict[str,
 
 
 class _Texts:
-    """Re-iterable view of the raw transcripts of a CutSet (streamed: lazy manifests stay lazy)."""
+    """Re-iterable view of the raw transcripts of CutSets, one after the other (streamed: lazy stays lazy)."""
 
-    def __init__(self, cuts: CutSet) -> None:
-        self.cuts = cuts
+    def __init__(self, *cutsets: CutSet) -> None:
+        self.cutsets = cutsets
 
     def __iter__(self):
-        return iter_texts(self.cuts)
+        return (text for cuts in self.cutsets for text in iter_texts(cuts))
 
 
 def _hash(settings: dict, texts: Iterable[str]) -> str:

@@ -16,12 +16,16 @@ after training); the adapters train in the layer group of the layer they sit in,
 ``init_head_from``: a speechxfer checkpoint whose head initialises this one for a fresh fit; when
 its tokenizer differs from this model's, the rows of the symbols both share (blank included) are
 copied and new symbols start fresh (``vocab_transfer.py``).
+
+Forgetting: a run that validates on "target" should validate on "source" too (a warning says so when
+it does not); source replay (``ASRDataModule(replay=..., replay_ratio=...)``) limits it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_modules.backbones.base import Backbone
@@ -54,6 +58,14 @@ class FineTuneCTC(CTCModule):
             return groups
         extra = self.adapters.params_by_group()
         return [(name, params + extra.get(name, [])) for name, params in groups]
+
+    def on_fit_start(self) -> None:
+        """Forgetting is measured by validating on the source domain too: warn when a target run does not."""
+        dm = self.trainer.datamodule
+        domains = dm.val_domains if dm is not None else []
+        if "target" in domains and "source" not in domains:
+            rank_zero_warn("FineTuneCTC: this run validates on 'target' but not on 'source', so forgetting of the "
+                           "source domain is not measured; add a 'source' val set (see data/demo_target_subset.yaml)")
 
     def setup(self, stage: str) -> None:
         """Pretrained backbone (core), then the head from ``init_head_from`` for a fresh fit."""
