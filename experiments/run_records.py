@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+log = logging.getLogger(__name__)
 VAL_METRIC = re.compile(r"^val/([^/]+)/(wer|cer)$")
 METRICS_CSV = ("metrics.csv", "csv/metrics.csv")
 
@@ -93,44 +95,34 @@ def short_class(class_path: str | None) -> str | None:
     return class_path.rsplit(".", 1)[-1] if class_path else None
 
 
-def describe_corpus(cfg: Any) -> str | None:
-    """``LibriSpeech train-clean-100`` / ``CommonVoice en/train ≤10 min`` from a corpus config."""
-    if isinstance(cfg, dict) and "class_path" not in cfg:  # {name: corpus} of val/test
-        parts = [describe_corpus(v) for v in cfg.values()]
-        return ", ".join(p for p in parts if p) or None
-    if not isinstance(cfg, dict):
-        return None if cfg is None else str(cfg)
-    args = cfg.get("init_args") or {}
-    name = (short_class(cfg["class_path"]) or "").removesuffix("Corpus")
-    detail = "+".join(args["subsets"]) if args.get("subsets") else "/".join(
-        str(args[k]) for k in ("locale", "split") if args.get(k)
-    )
-    text = f"{name} {detail}".strip()
-    return f"{text} ≤{args['max_minutes']:g} min" if args.get("max_minutes") else text
-
-
 def data_from_config(data: dict | None) -> tuple[str | None, str | None, float | None]:
-    """(source description, target description, labelled target minutes) from the ``data`` config."""
+    """(source description, target description, labelled target minutes) from a run's ``data`` config.
+
+    The datamodule is built from the config (nothing is scanned) and describes itself
+    (``SpeechDataModule.describe``, the same text ``summary.json`` holds); the minutes are its
+    ``labelled_target_minutes`` (0.0 without labelled target data; None when the labelled target
+    corpus cannot be read here). A config this version cannot build leaves all three unknown.
+    """
     if not isinstance(data, dict):
         return None, None, None
-    args = data.get("init_args") or {}
-    if isinstance(args.get("source"), dict) and isinstance(args.get("target"), dict):  # domain adaptation
-        source, target = args["source"].get("init_args") or {}, args["target"].get("init_args") or {}
-        labelled = bool(args.get("target_labels"))
-    elif args.get("domain") == "target":
-        source, target, labelled = {}, args, bool(args.get("train_labels", True))
-    else:
-        val = args.get("val") if isinstance(args.get("val"), dict) else {}
-        source, target, labelled = args, ({"val": val["target"]} if "target" in val else {}), False
-    target_train = target.get("train")
-    minutes = None
-    if target_train is not None:
-        minutes = ((target_train.get("init_args") or {}).get("max_minutes") if labelled else 0.0)
-    return (
-        describe_corpus(source.get("train") or source.get("val")),
-        describe_corpus(target_train or target.get("val")),
-        minutes,
-    )
+    from jsonargparse import ArgumentParser
+
+    from datamodules import BadInputError, SpeechDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(SpeechDataModule, "data")
+    try:
+        datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    except Exception as err:  # jsonargparse wraps unknown classes / arguments in various errors
+        log.warning("data config not readable by this version (%s: %s); data columns left empty",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None, None, None
+    described = datamodule.describe()
+    try:
+        minutes = datamodule.labelled_target_minutes
+    except (BadInputError, OSError):  # the labelled target data is not on this machine
+        minutes = None
+    return described["source"], described["target"], minutes
 
 
 def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:

@@ -109,6 +109,8 @@ class TinySubstitutions:
     def _ASRDataModule(self, args: dict) -> dict:  # noqa: N802
         return {**args, "num_workers": 0}
 
+    _DomainAdaptationDataModule = _ASRDataModule  # noqa: N815
+
     def _TorchaudioBackbone(self, args: dict) -> dict:  # noqa: N802
         bundle = args.get("bundle", "WAV2VEC2_BASE")
         overrides = {**(args.get("config_overrides") or {}), **TINY_TORCHAUDIO}

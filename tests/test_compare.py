@@ -15,6 +15,7 @@ from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.demos.boring_classes import BoringDataModule, BoringModel
 
 from callbacks.run_summary import RunSummary
+from datamodules import SpeechDataModule
 from experiments import compare
 from experiments.run_records import discover, load_local_run, load_wandb_offline
 
@@ -67,9 +68,8 @@ def three_runs(tmp_path: Path) -> list[Path]:
     )
     dann = write_run(  # killed before summary.json: everything derived from config.yaml + metrics.csv
         runs / "dann" / "v1", "dann.DANNCTC",
-        corpus("domain.DomainAdaptationDataModule", target_labels=False,
-               source=corpus("asr.ASRDataModule", train=LIBRI),
-               target=corpus("asr.ASRDataModule", train=cv_train(None))),
+        corpus("domain.DomainAdaptationDataModule", source_train=LIBRI, target_train=cv_train(None),
+               target_labels=False, val={"source": LIBRI, "target": CV_DEV}),
         {"val/source/wer": [0.5, 0.3, 0.2], "val/target/wer": [0.8, 0.6, 0.35]},
         None,
     )
@@ -106,7 +106,7 @@ def test_local_run_without_summary_is_derived_from_metrics_and_config(three_runs
     assert record.best == pytest.approx({"val/source/wer": 0.2, "val/target/wer": 0.35})
     assert record.curves["val/target/wer"] == [(10, 0.8), (20, 0.6), (30, 0.35)]
     assert record.source_data == "LibriSpeech train-clean-100"
-    assert record.target_data == "CommonVoice en/train"
+    assert record.target_data == "CommonVoice en/train (unlabelled)"  # the datamodule's describe(), as in summary.json
     assert record.labelled_target_minutes == 0.0  # DANN without target labels
 
 
@@ -193,8 +193,6 @@ def test_wandb_offline_run_is_read_from_its_transaction_log(tmp_path, monkeypatc
 class TinyASRLike(BoringModel):
     """BoringModel logging a fake ``val/source/wer`` that is lowest at the 2nd validation; first layer frozen."""
 
-    method = "tiny"
-
     def __init__(self, fail_at_step: int | None = None):
         super().__init__()
         self.backbone = torch.nn.Linear(32, 32)
@@ -225,9 +223,22 @@ class UnfreezeAt(Callback):
             pl_module.backbone.requires_grad_(True)
 
 
-class LabelledData(BoringDataModule):
-    val_domains = ["source"]
+class LabelledData(SpeechDataModule, BoringDataModule):
+    tokenizer = None  # never read: the module is not a CTCModule
+    val_domains = test_domains = ["source"]
     labelled_target_minutes = 7.5
+
+    def train_batches_per_epoch(self, rank=None, world_size=None) -> int:
+        return 8
+
+    def describe(self) -> dict:
+        return {"source": "boring", "target": None}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 def fit_tiny(tmp_path: Path, model: TinyASRLike, max_steps: int = 8) -> Trainer:
@@ -243,9 +254,9 @@ def test_run_summary_records_best_metrics_params_and_data(tmp_path):
     fit_tiny(tmp_path, TinyASRLike())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 8
-    assert summary["method"] == "tiny"
+    assert summary["method"] == "TinyASRLike"  # the module's class name, as in W&B tags and config-derived records
     assert summary["backbone"]["identity"] == "linear32" and summary["backbone"]["name"] == "Linear"
-    assert summary["data"] == {"class": "LabelledData", "val_domains": ["source"]}
+    assert summary["data"] == {"source": "boring", "target": None}
     assert summary["labelled_target_minutes"] == 7.5
     assert summary["best"]["val/source/wer"] == {"value": pytest.approx(0.3), "step": 4}
     assert "val/source/loss" not in summary["best"]

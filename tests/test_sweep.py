@@ -11,10 +11,11 @@ import optuna
 import pytest
 import torch
 import yaml
-from pytorch_lightning import LightningDataModule, Trainer
+from pytorch_lightning import Trainer
 from pytorch_lightning.demos.boring_classes import BoringModel
 
 from callbacks.run_summary import RunSummary
+from datamodules import SpeechDataModule
 from experiments import compare, sweep
 from experiments.sweep_spec import SweepSpecError, check_keys, load_spec, parse_config
 
@@ -40,13 +41,24 @@ class ToyDataset(torch.utils.data.Dataset):
         return {"audio": self.x[i], "lengths": torch.tensor(32)}
 
 
-class ToyData(LightningDataModule):
-    """Speech-like dict batches (audio (B, 32), lengths (B,)) plus the attributes the CLI links and monitors."""
+class ToyData(SpeechDataModule):
+    """Speech-like dict batches (audio (B, 32), lengths (B,)) behind the datamodule contract the CLI reads."""
 
-    val_domains = ["source"]
-    vocab_size = 3
-    sample_rate = 16000
     tokenizer = ToyTokenizer()
+    val_domains = test_domains = ["source"]
+    labelled_target_minutes = 0.0
+
+    def train_batches_per_epoch(self, rank=None, world_size=None) -> int:
+        return 16
+
+    def describe(self) -> dict:
+        return {"source": "toy", "target": None}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(ToyDataset(64), batch_size=4)
@@ -58,7 +70,7 @@ class ToyData(LightningDataModule):
 class ToyModel(BoringModel):
     """Linear regression whose validation MSE is logged as ``val/source/wer``; ``lr`` matters."""
 
-    def __init__(self, vocab_size: int = 0, tokenizer: dict | None = None, lr: float = 0.01, momentum: float = 0.0,
+    def __init__(self, tokenizer: dict | None = None, lr: float = 0.01, momentum: float = 0.0,
                  optimizer: str = "sgd"):
         super().__init__()
         self.lr, self.momentum, self.optimizer_name = lr, momentum, optimizer
