@@ -1,10 +1,16 @@
-"""One :class:`RunRecord` per run, from a local run dir, a W&B offline run dir or the W&B API.
+"""One :class:`RunRecord` per run, from a local run dir or the W&B API.
 
 Local run dirs (``runs/<experiment>/<version>/``): ``summary.json`` (written by
 ``callbacks.RunSummary``) when present; otherwise everything is derived from ``metrics.csv``
 (best values, curves) and ``config.yaml`` (method, backbone, data). W&B runs: the
 ``speechxfer`` entry of the run summary (the same dict) when present, else the run's tags
 (``method:``/``backbone:``) and history.
+
+W&B *offline* run folders (``wandb/offline-run-*``) are not read: every speechxfer run writes the
+same metrics to its run dir (``metrics.csv``, ``summary.json``, where the offline run also lives),
+while the offline folder holds them only in W&B's private binary transaction log, whose format
+changes between wandb releases. A folder given on its own is reported as skipped with that hint
+(read its run dir, or ``wandb sync`` it and use ``--wandb-project``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import yaml
 log = logging.getLogger(__name__)
 VAL_METRIC = re.compile(r"^val/([^/]+)/(wer|cer)$")
 METRICS_CSV = ("metrics.csv", "csv/metrics.csv")
+WANDB_OFFLINE_HINT = ("a W&B offline run folder (not read: its metrics are in the speechxfer run dir that holds it; "
+                      "pass that run dir, or `wandb sync` it and use --wandb-project)")
 
 
 @dataclass
@@ -34,7 +42,7 @@ class RunRecord:
     """
 
     name: str
-    origin: str  # "local" | "wandb-offline" | "wandb"
+    origin: str  # "local" | "wandb"
     path: str
     method: str | None = None
     backbone: str | None = None
@@ -174,7 +182,7 @@ def load_local_run(run_dir: Path) -> RunRecord:
 
 def record_from_wandb(name: str, origin: str, path: str, tags: list[str], config: dict, summary: dict,
                       history: list[dict[str, Any]]) -> RunRecord:
-    """A record from W&B run data (offline log or API)."""
+    """A record from W&B run data (the API)."""
     record = RunRecord(name=name, origin=origin, path=path)
     tag = dict(t.split(":", 1) for t in tags if ":" in t)
     record.method, record.backbone = tag.get("method"), tag.get("backbone")
@@ -183,14 +191,6 @@ def record_from_wandb(name: str, origin: str, path: str, tags: list[str], config
     if isinstance(summary.get("speechxfer"), dict):
         _from_summary(record, summary["speechxfer"])
     return record
-
-
-def load_wandb_offline(run_dir: Path) -> RunRecord:
-    from experiments.wandb_offline import read_offline_run
-
-    run = read_offline_run(run_dir)
-    return record_from_wandb(run.name or run.run_id or Path(run_dir).name, "wandb-offline", str(run_dir),
-                             run.tags, run.config, run.summary, run.history)
 
 
 def load_wandb_project(project: str) -> list[RunRecord]:
@@ -213,10 +213,11 @@ def load_wandb_project(project: str) -> list[RunRecord]:
 
 
 def discover(paths: list[Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]:
-    """Records for every run under ``paths`` (run dirs, experiment dirs or W&B offline run dirs).
+    """Records for every run under ``paths`` (run dirs or folders holding them).
 
     Returns ``(records, skipped)``; ``skipped`` lists ``(path, reason)`` of run dirs that could not
-    be read. A local run's own ``wandb/`` folder is not read separately (the run is counted once).
+    be read, W&B offline run folders outside a run dir among them (see the module docstring). A
+    local run's own ``wandb/`` folder belongs to it (the run is counted once).
     """
     records: list[RunRecord] = []
     skipped: list[tuple[str, str]] = []
@@ -231,14 +232,14 @@ def discover(paths: list[Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]
             if resolved in seen or any(parent in seen for parent in resolved.parents):
                 continue
             if path.name.startswith("offline-run-") or any(path.glob("run-*.wandb")):
-                loader = load_wandb_offline
-            elif is_local_run(path) and path.name != "wandb":
-                loader = load_local_run
-            else:
+                skipped.append((str(path), WANDB_OFFLINE_HINT))
+                seen.add(resolved)
+                continue
+            if not is_local_run(path) or path.name == "wandb":
                 continue
             seen.add(resolved)
             try:
-                records.append(loader(path))
+                records.append(load_local_run(path))
             except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
                 skipped.append((str(path), f"{type(err).__name__}: {err}"))
     return records, skipped

@@ -4,6 +4,7 @@
     char_tokenizer()                      CharTokenizer over corpus_factory.ALPHABET
     tone_batch(texts, tokenizer, ...)     a batch dict (ARCHITECTURE.md) of tone speech
     TinyDataModule(...)                   fixed in-memory batches; val/test per domain; DANN pairs
+    FixedContract                         datamodule contract as fixed class attributes (stand-in datamodules)
     LossRecorder()                        callback collecting the training loss of every step
 
 Fixtures: ``one_thread`` (tiny models run fastest on one thread and the cores are shared),
@@ -57,6 +58,32 @@ def tone_batch(batch_texts: list[str], tokenizer, shift: float = 0.0, domain: in
 
 def chunked(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class FixedContract(SpeechDataModule):
+    """The contract members as fixed class attributes, for stand-in datamodules (nothing to resume).
+
+    Subclasses set ``tokenizer``, ``val_domains``/``test_domains``, ``labelled_target_minutes``,
+    ``batches_per_epoch`` and ``description`` as needed and add their dataloaders.
+    """
+
+    tokenizer = None
+    val_domains = test_domains = ["source"]
+    labelled_target_minutes = 0.0
+    batches_per_epoch = 1
+    description = {"source": None, "target": None}
+
+    def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
+        return self.batches_per_epoch
+
+    def describe(self) -> dict[str, str | None]:
+        return dict(self.description)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class TinyDataModule(SpeechDataModule):

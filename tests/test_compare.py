@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.demos.boring_classes import BoringDataModule, BoringModel
 
 from callbacks.run_summary import RunSummary
-from datamodules import SpeechDataModule
 from experiments import compare
-from experiments.run_records import discover, load_local_run, load_wandb_offline
+from experiments.run_records import discover, load_local_run
+from tests.conftest import FixedContract
 
 # --- synthetic run directories --------------------------------------------------------------
 
@@ -166,25 +167,23 @@ def test_wandb_project_needs_credentials_offline(monkeypatch, tmp_path, capsys):
     assert "W&B API needs network" in capsys.readouterr().out
 
 
-def test_wandb_offline_run_is_read_from_its_transaction_log(tmp_path, monkeypatch):
+def test_wandb_offline_folder_alone_is_a_counted_skip_inside_a_run_dir_part_of_it(tmp_path, monkeypatch, three_runs):
+    """Offline W&B folders are not parsed (run_records docstring): alone, a skip saying where the data is."""
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = wandb.init(project="p", dir=str(tmp_path), name="dann/v7", tags=["method:dann", "backbone:scratch"],
                      config={"lr": 0.001}, settings=wandb.Settings(console="off", x_disable_stats=True))
-    for step, wer in [(10, 0.9), (20, 0.5), (30, 0.6)]:
-        run.log({"val/target/wer": wer, "trainer/global_step": step})
-    run.summary["speechxfer"] = {"labelled_target_minutes": 5, "wall_time_s": 12.5,
-                                 "best": {"val/target/wer": {"value": 0.5, "step": 20}}}
+    run.log({"val/target/wer": 0.5, "trainer/global_step": 10})
     run.finish()
-    wandb.teardown()  # stops the W&B service: the transaction log is fully written
+    wandb.teardown()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    record = load_wandb_offline(run_dir)
-    assert (record.name, record.method, record.backbone) == ("dann/v7", "dann", "scratch")
-    assert record.curves["val/target/wer"] == [(10, 0.9), (20, 0.5), (30, 0.6)]
-    assert record.best["val/target/wer"] == 0.5 and record.labelled_target_minutes == 5.0
     records, skipped = discover([tmp_path / "wandb"])
-    assert [r.name for r in records] == ["dann/v7"] and not skipped
+    assert records == [] and [path for path, _ in skipped] == [str(run_dir)]
+    assert "speechxfer run dir" in skipped[0][1] and "wandb sync" in skipped[0][1]
+    shutil.move(str(tmp_path / "wandb"), str(three_runs[1] / "wandb"))  # where `speechxfer fit` puts it
+    records, skipped = discover([three_runs[1]])
+    assert [r.name for r in records] == ["dann/v1"] and not skipped
 
 
 # --- RunSummary ----------------------------------------------------------------------------------
@@ -223,22 +222,9 @@ class UnfreezeAt(Callback):
             pl_module.backbone.requires_grad_(True)
 
 
-class LabelledData(SpeechDataModule, BoringDataModule):
-    tokenizer = None  # never read: the module is not a CTCModule
-    val_domains = test_domains = ["source"]
+class LabelledData(FixedContract, BoringDataModule):
     labelled_target_minutes = 7.5
-
-    def train_batches_per_epoch(self, rank=None, world_size=None) -> int:
-        return 8
-
-    def describe(self) -> dict:
-        return {"source": "boring", "target": None}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        pass
+    description = {"source": "boring", "target": None}
 
 
 def fit_tiny(tmp_path: Path, model: TinyASRLike, max_steps: int = 8) -> Trainer:

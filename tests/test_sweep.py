@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import optuna
@@ -15,9 +16,9 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.demos.boring_classes import BoringModel
 
 from callbacks.run_summary import RunSummary
-from datamodules import SpeechDataModule
 from experiments import compare, sweep
 from experiments.sweep_spec import SweepSpecError, check_keys, load_spec, parse_config
+from tests.conftest import FixedContract
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,24 +42,11 @@ class ToyDataset(torch.utils.data.Dataset):
         return {"audio": self.x[i], "lengths": torch.tensor(32)}
 
 
-class ToyData(SpeechDataModule):
+class ToyData(FixedContract):
     """Speech-like dict batches (audio (B, 32), lengths (B,)) behind the datamodule contract the CLI reads."""
 
     tokenizer = ToyTokenizer()
-    val_domains = test_domains = ["source"]
-    labelled_target_minutes = 0.0
-
-    def train_batches_per_epoch(self, rank=None, world_size=None) -> int:
-        return 16
-
-    def describe(self) -> dict:
-        return {"source": "toy", "target": None}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        pass
+    batches_per_epoch = 16
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(ToyDataset(64), batch_size=4)
@@ -163,6 +151,19 @@ def test_keys_are_checked_against_the_cli_parser(tmp_path, key, dist, message):
     with pytest.raises(SweepSpecError) as err:
         check_keys(spec)
     assert message in str(err.value) and "toy_sweep.yaml" in str(err.value)
+
+
+def test_the_documented_example_spec_is_valid(tmp_path, monkeypatch):
+    """The YAML in sweep_spec's docstring passes load_spec and the CLI key check (no made-up keys)."""
+    import experiments.sweep_spec as sweep_spec
+
+    monkeypatch.chdir(REPO)
+    example = sweep_spec.__doc__.split(".. code-block:: yaml")[1].split("\n\n")[1]
+    spec_path = tmp_path / "example.yaml"
+    spec_path.write_text(textwrap.dedent(example))
+    spec = load_spec(spec_path)
+    assert len(spec.parameters) == 5 and spec.pruner["warmup_steps"] == 2
+    check_keys(spec)
 
 
 def test_parse_config_reads_overrides_without_instantiating(tmp_path):
