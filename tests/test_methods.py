@@ -137,6 +137,28 @@ def test_dann_never_reads_target_labels(tokenizer):
     assert losses[0] == losses[1] and all(torch.isfinite(torch.tensor(losses[0])))
 
 
+def test_dann_lambda_and_lr_keep_one_horizon_when_a_resume_changes_max_steps(tokenizer, tmp_path):
+    """λ's schedule length is the LR scheduler's checkpointed ``total_steps``, not recomputed on resume."""
+    args = {**common(tokenizer), "decay": "linear", "domain_hidden": 8}
+    model = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), **args)
+    trainer, _ = fit(model, TinyDataModule(tokenizer, dann=True, n_train=16), 4)
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    lambdas = []
+
+    class Lambdas(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            lambdas.append((trainer.global_step, pl_module.grl.lambd, trainer.optimizers[0].param_groups[-1]["lr"]))
+
+    resumed = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), **args)
+    trainer = pl.Trainer(max_steps=6, limit_val_batches=0, callbacks=[Lambdas()], **QUIET)  # was 4
+    trainer.fit(resumed, datamodule=TinyDataModule(tokenizer, dann=True, n_train=16), ckpt_path=tmp_path / "half.ckpt")
+    assert resumed.total_steps == trainer.lr_scheduler_configs[0].scheduler.total_steps == 4  # the first fit's
+    for step, lambd, lr in lambdas:  # both schedules on the same 4-step horizon (past it: λ max, lr 0)
+        assert lambd == pytest.approx(ganin_lambda(min((step - 1) / 4, 1.0)), rel=1e-6)
+        assert lr == pytest.approx(3e-3 * max(1 - step / 4, 0.0), abs=1e-9)
+    assert [s for s, _, _ in lambdas] == [5, 6]
+
+
 def test_dann_rejects_plain_batches(tokenizer):
     model = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), **common(tokenizer))
     with pytest.raises(ValueError, match="'source'.*'target'"):
