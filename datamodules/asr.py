@@ -54,7 +54,7 @@ class ASRDataModule(SpeechDataModule):
         test: as ``val``.
         predict: a corpus, or audio file paths (batches without labels; cut id = the path as given;
             each file is checked like a corpus file: missing, empty, unreadable or truncated files are
-            bad input, multichannel audio is downmixed and other rates resampled, both counted notes).
+            bad input, multichannel audio is downmixed (a counted note) and any rate resampled).
         domain: "source" (batch domain 0) or "target" (1); val/test sets named "source"/"target" get
             that domain id, any other name (e.g. "dev-other") gets this datamodule's.
         train_labels: False = training batches carry no targets/texts (transcripts never read).

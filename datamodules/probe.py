@@ -74,11 +74,13 @@ def probe_recording(
     path: Path,
     recording_id: str,
     policy: E.BadInputPolicy,
-    expected_sample_rates: tuple[int, ...],
+    expected_sample_rates: tuple[int, ...] | None,
 ) -> Recording | None:
     """A lhotse ``Recording`` (native rate and channels) for a valid audio file, else ``None`` after ``policy.bad``.
 
-    Under ``on_bad_input="error"`` the policy raises :class:`~datamodules.errors.BadInputError`.
+    Under ``on_bad_input="error"`` the policy raises :class:`~datamodules.errors.BadInputError`. A rate
+    outside ``expected_sample_rates`` is a note (``None``: any rate is expected; either way the cut is
+    resampled to ``SAMPLE_RATE``).
     """
     if path.stat().st_size == 0:
         policy.bad(path, E.EMPTY_FILE, "file has 0 bytes")
@@ -101,7 +103,7 @@ def probe_recording(
     if problem is not None:
         policy.bad(path, E.TRUNCATED_AUDIO, problem)
         return None
-    if rec.sampling_rate not in expected_sample_rates:
+    if expected_sample_rates is not None and rec.sampling_rate not in expected_sample_rates:
         policy.note(
             path,
             E.UNEXPECTED_SAMPLE_RATE,
@@ -122,9 +124,12 @@ def recording_cut(rec: Recording) -> DataCut:
 
 
 def audio_file_cut(path: str, policy: E.BadInputPolicy) -> DataCut | None:
-    """One cut (id = ``path`` as given, no supervision) of an audio file, checked like a corpus file."""
+    """One cut (id = ``path`` as given, no supervision) of an audio file, checked like a corpus file.
+
+    Any sample rate is expected here (user files; resampled like every cut); multichannel is a note.
+    """
     if not Path(path).is_file():
         policy.bad(path, E.MISSING_FILE, "no such file")
         return None
-    rec = probe_recording(Path(path), path, policy, (SAMPLE_RATE,))
+    rec = probe_recording(Path(path), path, policy, None)
     return None if rec is None else recording_cut(rec)
