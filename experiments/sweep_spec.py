@@ -169,7 +169,8 @@ def _parameter(key: str, raw: Any) -> Parameter:
     low, high = spec.min, spec.max
     if spec.distribution == "int_uniform":
         if not (low.is_integer() and high.is_integer() and all(type(raw[k]) is int for k in ("min", "max"))):
-            raise ValueError(f"parameter {key!r}: int_uniform bounds must be integers, got {raw['min']!r}, {raw['max']!r}")
+            raise ValueError(f"parameter {key!r}: int_uniform bounds must be integers, "
+                             f"got {raw['min']!r}, {raw['max']!r}")
         low, high = int(low), int(high)
     if not low < high or not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"parameter {key!r}: need finite min < max, got {low!r}, {high!r}")

@@ -259,9 +259,9 @@ class CTCModule(pl.LightningModule):
         """
         datamodule = speech_datamodule(self._trainer)
         if datamodule is not None and stage != "predict" and datamodule.tokenizer.to_dict() != self.hparams.tokenizer:
-            raise ValueError(f"{type(datamodule).__name__}'s tokenizer ({datamodule.vocab_size} symbols) is not the one "
-                             f"this {type(self).__name__} was built with ({self.tokenizer.vocab_size} symbols): targets "
-                             "would be encoded with one vocabulary and decoded with another")
+            raise ValueError(f"{type(datamodule).__name__}'s tokenizer ({datamodule.vocab_size} symbols) is not "
+                             f"the one this {type(self).__name__} was built with ({self.tokenizer.vocab_size} "
+                             "symbols): targets would be encoded with one vocabulary and decoded with another")
         resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
         if stage == "fit" and not self._weights_restored and not resuming:
             self.backbone.load_pretrained()

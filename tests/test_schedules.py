@@ -76,8 +76,8 @@ def test_batches_per_epoch_is_what_each_rank_loads(roots, make_dm, world_size):
 
 def test_dann_lambda_climbs_over_an_epoch_bounded_run(roots):
     dm = dann_dm(roots)
-    model = DANNCTC(make_tiny_backbone(), dm.tokenizer.to_dict(), lambda_max=0.5, domain_hidden=8, dropout=0.0, decay="linear",
-                    warmup_steps=0)
+    model = DANNCTC(make_tiny_backbone(), dm.tokenizer.to_dict(), lambda_max=0.5, domain_hidden=8, dropout=0.0,
+                    decay="linear", warmup_steps=0)
     trainer, seen = fit(model, dm, max_epochs=3, max_steps=-1)
     per_epoch = dm.train_batches_per_epoch()
     steps = trainer.global_step

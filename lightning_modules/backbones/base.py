@@ -116,7 +116,8 @@ def module_group(*parts: nn.Module | None, **params: nn.Parameter) -> nn.Module:
 
 def build_backbone(config: Mapping[str, Any]) -> Backbone:
     """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}`` (the output of ``config()``)."""
-    backbone = instantiate_class((), {"class_path": config["class_path"], "init_args": dict(config.get("init_args") or {})})
+    init_args = dict(config.get("init_args") or {})
+    backbone = instantiate_class((), {"class_path": config["class_path"], "init_args": init_args})
     if not isinstance(backbone, Backbone):
         raise TypeError(f"{config['class_path']} is not a Backbone subclass")
     return backbone
