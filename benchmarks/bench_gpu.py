@@ -132,7 +132,7 @@ def build_model(tokenizer, full: bool, weights: Path):
     backbone = TorchaudioBackbone("WAV2VEC2_BASE", weights_path=str(weights), config_overrides=None if full else TINY,
                                   mask="100h", layer_drop=0.1)
     backbone.load_pretrained()
-    return FineTuneCTC(backbone, tokenizer.vocab_size, tokenizer=tokenizer.to_dict(), freeze_feature_encoder=True,
+    return FineTuneCTC(backbone, tokenizer.to_dict(), freeze_feature_encoder=True,
                        lr=5e-4, backbone_lr=5e-5, layer_decay=0.9, decay="tri_stage", min_lr_ratio=0.05)
 
 

@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from datamodules.batch import lengths_to_mask
+
 FrameCounter = Callable[[Tensor], Tensor]  # (N,) int64 samples -> (N,) int64 frames: Backbone.output_lengths
 
 
 def min_frames(targets: Tensor, target_lengths: Tensor) -> Tensor:
     """(B,) fewest frames each label needs: tokens + equal neighbours. targets (B, S), padded; lengths (B,)."""
-    valid = torch.arange(targets.shape[1], device=targets.device)[None, 1:] < target_lengths[:, None]
+    valid = lengths_to_mask(target_lengths, targets.shape[1])[:, 1:]
     repeats = ((targets[:, 1:] == targets[:, :-1]) & valid).sum(1)
     return target_lengths + repeats
 

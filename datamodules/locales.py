@@ -9,6 +9,11 @@ checkpoint monitors ``val/<domain>/cer`` for them (``monitored_metric``, used by
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datamodules.base import SpeechDataModule
+
 SPACELESS_LANGUAGES = frozenset({"ja", "zh", "yue", "th", "lo", "km", "my", "bo", "dz"})
 
 
@@ -27,15 +32,14 @@ def headline_metric(locale: str | None) -> str:
     return "cer" if written_without_spaces(locale) else "wer"
 
 
-def monitored_metric(datamodule) -> str | None:
+def monitored_metric(datamodule: SpeechDataModule) -> str | None:
     """The run's headline metric: ``val/<domain>/<wer|cer>`` of the target domain if validated, else the first.
 
     ``<wer|cer>`` follows the language of that domain's validation corpus (``val_languages``);
     None when the datamodule validates nothing.
     """
-    domains = list(getattr(datamodule, "val_domains", []) or [])
+    domains = datamodule.val_domains
     if not domains:
         return None
     name = "target" if "target" in domains else domains[0]
-    languages = getattr(datamodule, "val_languages", None) or {}
-    return f"val/{name}/{headline_metric(languages.get(name))}"
+    return f"val/{name}/{headline_metric(datamodule.val_languages.get(name))}"

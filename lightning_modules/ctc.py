@@ -4,6 +4,10 @@ Transfer methods (``finetune.py``, ``frozen.py``, ``dann.py``) are short subclas
 ``hidden_states`` (how layers are obtained), ``backbone_layer_groups`` / ``top_layer_groups``
 (what is optimised) or ``training_step`` (what is minimised).
 
+The vocabulary is the tokenizer's: ``tokenizer`` (its ``to_dict()``) is an init argument, stored once
+in the checkpoint's ``hyper_parameters``, and the head has ``tokenizer.vocab_size`` outputs. Every
+transcript -- validation/test WER, ``predict_step``, ``transcribe`` -- comes from :meth:`CTCModule.decode`.
+
 CTC loss convention: per utterance ``loss / max(target_length, 1)``, averaged over the
 utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
 ``zero_infinity=True``; utterances whose alignment is impossible (too few frames, the rule of
@@ -13,7 +17,6 @@ utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, Literal
 
@@ -26,6 +29,7 @@ from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from datamodules.augment import SpecAugment
+from datamodules.base import Tokenizer, eval_domain_name, speech_datamodule
 from datamodules.ctc_check import ctc_infeasible
 from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
@@ -55,8 +59,8 @@ def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengt
 class CTCModule(pl.LightningModule):
     """CTC speech recogniser on any ``Backbone`` (see ARCHITECTURE.md).
 
-    Args (all plain values except ``backbone``): ``vocab_size`` includes the blank (id 0);
-    ``tokenizer`` is the tokenizer's ``to_dict()`` (else the datamodule's tokenizer is used);
+    Args (all plain values except ``backbone``): ``tokenizer`` is the tokenizer's ``to_dict()`` (the CLI
+    links the datamodule's; the head gets its ``vocab_size`` outputs, blank id 0 included);
     ``head`` "linear" | "bilstm" (``head_hidden`` units per direction); ``featurizer`` "last" |
     "weighted" over ``layers`` (backbone hidden-state indices, negatives allowed; default last /
     all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
@@ -70,7 +74,7 @@ class CTCModule(pl.LightningModule):
 
     frozen_backbone = False  # True: the backbone stays in eval (no dropout, LayerDrop or masking)
 
-    def __init__(self, backbone: Backbone, vocab_size: int, tokenizer: dict | None = None,
+    def __init__(self, backbone: Backbone, tokenizer: dict,
                  head: Literal["linear", "bilstm"] = "linear", head_hidden: int = 256,
                  featurizer: Literal["last", "weighted"] = "last", layers: list[int] | None = None,
                  normalize_layers: bool = False, dropout: float = 0.1, lr: float = 1e-3,
@@ -82,10 +86,11 @@ class CTCModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone"])
         if decay == "tri_stage":
             check_tri_stage(tri_stage_phases, min_lr_ratio)  # fail at construction, not at fit
+        self.tokenizer: Tokenizer = tokenizer_from_dict(tokenizer)
         self.backbone = backbone
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
-        self.head = build_head(head, backbone.output_dim, vocab_size, head_hidden, dropout)
+        self.head = build_head(head, backbone.output_dim, self.tokenizer.vocab_size, head_hidden, dropout)
         if spec_augment and not self.frozen_backbone and backbone.feature_masking() is not None:
             raise ValueError(f"spec_augment would mask the features a second time: the backbone already masks its CNN "
                              f"features before the transformer ({backbone.feature_masking()}); drop spec_augment "
@@ -93,14 +98,7 @@ class CTCModule(pl.LightningModule):
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
         self.ctc_infeasible_count = SumMetric()  # training utterances per epoch whose CTC alignment is impossible
-        self._tokenizer = self._check_vocab(tokenizer_from_dict(tokenizer)) if tokenizer else None
         self._weights_restored = False
-
-    def _check_vocab(self, tokenizer: Any) -> Any:
-        if tokenizer.vocab_size != self.hparams.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} symbols (blank included) but the model was "
-                             f"built with vocab_size={self.hparams.vocab_size}")
-        return tokenizer
 
     # ---------------------------------------------------------------- model
     def hidden_states(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None
@@ -126,23 +124,19 @@ class CTCModule(pl.LightningModule):
         return self.classify(feats, out_lengths), out_lengths
 
     def ctc_loss(self, log_probs: Tensor, lengths: Tensor, batch: dict) -> Tensor:
-        """Scalar CTC loss of a labelled batch (see module docstring for the convention)."""
+        """Scalar CTC loss of a labelled batch (see module docstring for the convention).
+
+        In training it also counts the utterances whose alignment is impossible (logged per epoch as
+        ``train/ctc_infeasible``): wherever a method computes a CTC loss, they are counted.
+        """
         if "targets" not in batch:
             raise ValueError(f"batch {batch.get('ids', '?')} has no 'targets': labels are unavailable")
+        if self.training:
+            self.ctc_infeasible_count.update(ctc_infeasible(lengths, batch["targets"], batch["target_lengths"]).sum())
         return ctc_losses(log_probs, lengths, batch["targets"], batch["target_lengths"]).mean()
 
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if getattr(dm, "tokenizer", None) is None:
-                raise RuntimeError(f"{type(self).__name__} has no tokenizer: pass tokenizer=<tokenizer.to_dict()> "
-                                   "or attach a datamodule with a .tokenizer")
-            self._tokenizer = self._check_vocab(dm.tokenizer)
-        return self._tokenizer
-
     def decode(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
-        """Greedy CTC transcripts of (B, T', V) log-probs."""
+        """Transcripts of (B, T', V) log-probs with (B,) valid frames: THE decoding call (greedy CTC)."""
         return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
 
     @torch.no_grad()
@@ -160,20 +154,18 @@ class CTCModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
         loss = self.ctc_loss(log_probs, lengths, batch)
-        self.log_train_stats(loss, lengths, batch)
+        self.log_train_stats(loss, len(lengths))
         return loss
 
-    def log_train_stats(self, loss: Tensor, lengths: Tensor, batch: dict, name: str = "train/loss") -> None:
-        """Log the loss; count infeasible CTC alignments (logged per epoch).
+    def log_train_stats(self, loss: Tensor, batch_size: int, name: str = "train/loss") -> None:
+        """Log the training loss of a batch of ``batch_size`` utterances (labelled or not).
 
         Each ``self.log`` costs Lightning ~1 ms of Python per step, so per-step logging stays minimal:
         the group lrs are logged by ``LearningRateMonitor`` (as ``lr/<group>``, every
-        ``log_every_n_steps``; the CLI adds it), the infeasible count is a ``SumMetric`` logged once per
-        epoch (summed over ranks).
+        ``log_every_n_steps``; the CLI adds it), the infeasible-alignment count (``ctc_loss``) is a
+        ``SumMetric`` logged once per epoch (summed over ranks).
         """
-        size = len(batch["lengths"])
-        self.log(name, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
-        self.ctc_infeasible_count.update(ctc_infeasible(lengths, batch["targets"], batch["target_lengths"]).sum())
+        self.log(name, loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         if self.ctc_infeasible_count.update_called:  # (not after resuming at an epoch's end; ranks agree)
@@ -183,18 +175,16 @@ class CTCModule(pl.LightningModule):
                 self.log(f"layer_weights/{layer}", w)
 
     # ---------------------------------------------------------------- evaluation
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[str]]:
+        return self._eval_step("val", batch, dataloader_idx)
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[str]]:
+        return self._eval_step("test", batch, dataloader_idx)
 
-    def _domain(self, stage: str, idx: int) -> str:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, f"{stage}_domains", None) or []
-        if idx < len(names):
-            return names[idx]
-        return "source" if idx == 0 else f"dataloader{idx}"
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[str]]:
+        """``{"ids": batch["ids"], "transcripts": [...]}`` of a (possibly unlabelled) batch."""
+        log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
+        return {"ids": list(batch["ids"]), "transcripts": self.decode(log_probs, lengths)}
 
     def _metric_set(self, stage: str, idx: int) -> tuple[str, MetricCollection]:
         key = f"{stage}_{idx}"
@@ -203,9 +193,12 @@ class CTCModule(pl.LightningModule):
             self.metrics[key] = metrics.to(self.device)
         return key, self.metrics[key]
 
-    def _eval_step(self, stage: str, batch: dict, idx: int) -> None:
-        """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP)."""
-        domain, (key, metrics) = self._domain(stage, idx), self._metric_set(stage, idx)
+    def _eval_step(self, stage: str, batch: dict, idx: int) -> dict[str, list[str]]:
+        """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP).
+
+        Returns ``{"ids", "transcripts"}`` (as ``predict_step``; callbacks get it as ``outputs``).
+        """
+        domain, (key, metrics) = eval_domain_name(self._trainer, stage, idx), self._metric_set(stage, idx)
         log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
         size = len(batch["lengths"])
         logged = {}
@@ -213,14 +206,15 @@ class CTCModule(pl.LightningModule):
             loss = ctc_losses(log_probs, lengths, batch["targets"], batch["target_lengths"])
             metrics["loss"].update(loss)
             logged["loss"] = metrics["loss"]
+        hyps = self.decode(log_probs, lengths)
         if "texts" in batch:
-            hyps = self.decode(log_probs, lengths)
             for name in ("wer", "cer"):
                 metrics[name].update(hyps, batch["texts"])
                 logged[name] = metrics[name]
         for name, metric in logged.items():
             self.log(f"{stage}/{domain}/{name}", metric, on_step=False, on_epoch=True, batch_size=size,
                      add_dataloader_idx=False, metric_attribute=f"metrics.{key}.{name}")
+        return {"ids": list(batch["ids"]), "transcripts": hyps}
 
     # ---------------------------------------------------------------- optimisation
     def backbone_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -261,12 +255,19 @@ class CTCModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def setup(self, stage: str) -> None:
-        """Load pretrained backbone weights for a fresh fit.
+        """Check the datamodule's tokenizer; load pretrained backbone weights for a fresh fit.
 
-        Skipped when the weights come from a checkpoint: ``load_from_checkpoint`` / ``load_model`` or
-        ``trainer.ckpt_path = ...`` set before ``fit``. With ``trainer.fit(ckpt_path=...)`` Lightning
-        restores only after ``setup``, so the pretrained weights are loaded and then overwritten.
+        The datamodule encodes the targets and this module decodes: with labels (fit, validate, test)
+        both must use the same tokenizer. The weights load is skipped when they come from a
+        checkpoint: ``load_from_checkpoint`` / ``load_model`` or ``trainer.ckpt_path = ...`` set
+        before ``fit``. With ``trainer.fit(ckpt_path=...)`` Lightning restores only after ``setup``,
+        so the pretrained weights are loaded and then overwritten.
         """
+        datamodule = speech_datamodule(self._trainer)
+        if datamodule is not None and stage != "predict" and datamodule.tokenizer.to_dict() != self.hparams.tokenizer:
+            raise ValueError(f"{type(datamodule).__name__}'s tokenizer ({datamodule.vocab_size} symbols) is not "
+                             f"the one this {type(self).__name__} was built with ({self.tokenizer.vocab_size} "
+                             "symbols): targets would be encoded with one vocabulary and decoded with another")
         if self.fresh_fit(stage):
             self.backbone.load_pretrained()
 
@@ -276,25 +277,10 @@ class CTCModule(pl.LightningModule):
         return stage == "fit" and not self._weights_restored and not resuming
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        tokenizer = self.hparams.tokenizer
-        if tokenizer is None and self._tokenizer is None:
-            try:
-                self.tokenizer  # noqa: B018  (resolves the datamodule's tokenizer if any)
-            except RuntimeError:
-                pass
-        if tokenizer is None and self._tokenizer is not None:
-            tokenizer = self._tokenizer.to_dict()
+        """``checkpoint["speechxfer"]``: what ``load_model`` needs besides the hyper-parameters (tokenizer included)."""
         cls = type(self)
         checkpoint["speechxfer"] = {"module_class": f"{cls.__module__}.{cls.__qualname__}",
-                                    "backbone_config": self.backbone.config(), "tokenizer": tokenizer}
+                                    "backbone_config": self.backbone.config()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._weights_restored = True
-
-
-def import_class(path: str) -> type:
-    """"pkg.module.Class" -> the class."""
-    module, _, name = path.rpartition(".")
-    if not module:
-        raise ValueError(f"expected a dotted class path, got {path!r}")
-    return getattr(importlib.import_module(module), name)

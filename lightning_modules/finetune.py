@@ -28,6 +28,7 @@ from typing import Any
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from datamodules.base import speech_datamodule
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.ctc import CTCModule
 from lightning_modules.peft import AdapterConfig, Adapters
@@ -37,10 +38,10 @@ from lightning_modules.vocab_transfer import transfer_head
 class FineTuneCTC(CTCModule):
     """``CTCModule`` + optional permanently frozen feature encoder, adapters, head transfer; other args as ``CTCModule``."""
 
-    def __init__(self, backbone: Backbone, vocab_size: int, freeze_feature_encoder: bool = False,
+    def __init__(self, backbone: Backbone, tokenizer: dict, freeze_feature_encoder: bool = False,
                  feature_encoder_group: str = "feature_extractor", adapter: dict[str, Any] | None = None,
                  init_head_from: str | None = None, **kwargs) -> None:
-        super().__init__(backbone, vocab_size, **kwargs)
+        super().__init__(backbone, tokenizer, **kwargs)
         if freeze_feature_encoder:
             groups = dict(self.backbone.layer_groups())
             if feature_encoder_group not in groups:
@@ -61,7 +62,7 @@ class FineTuneCTC(CTCModule):
 
     def on_fit_start(self) -> None:
         """Forgetting is measured by validating on the source domain too: warn when a target run does not."""
-        dm = self.trainer.datamodule
+        dm = speech_datamodule(self.trainer)
         domains = dm.val_domains if dm is not None else []
         if "target" in domains and "source" not in domains:
             rank_zero_warn("FineTuneCTC: this run validates on 'target' but not on 'source', so forgetting of the "

@@ -52,13 +52,13 @@ def copy_head(head: nn.Module, old_state: dict[str, Tensor], rows: list[tuple[in
 def transfer_head(head: nn.Module, ckpt_path: str | Path, tokenizer) -> list[tuple[int, int]]:
     """Initialise ``head`` from the head of the speechxfer checkpoint ``ckpt_path``; returns the copied rows."""
     ckpt = read_checkpoint(ckpt_path)
-    meta = ckpt.get("speechxfer") or {}
-    if not meta.get("tokenizer"):
-        raise ValueError(f"{ckpt_path}: no tokenizer in checkpoint['speechxfer'] (not a speechxfer CTC checkpoint)")
+    old_tokenizer = (ckpt.get("hyper_parameters") or {}).get("tokenizer")
+    if "speechxfer" not in ckpt or not old_tokenizer:
+        raise ValueError(f"{ckpt_path}: no tokenizer in checkpoint['hyper_parameters'] (not a speechxfer CTC checkpoint)")
     old_state = {k[len("head."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("head.")}
     if not old_state:
         raise ValueError(f"{ckpt_path}: checkpoint['state_dict'] has no 'head.*' weights")
-    old_symbols = tokenizer_from_dict(meta["tokenizer"]).symbols
+    old_symbols = tokenizer_from_dict(old_tokenizer).symbols
     rows = shared_rows(old_symbols, tokenizer.symbols)
     try:
         copy_head(head, old_state, rows)

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import lengths_to_mask
+from datamodules.batch import lengths_to_mask
 
 
 @dataclass(frozen=True)

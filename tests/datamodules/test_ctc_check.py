@@ -59,7 +59,7 @@ def test_the_datamodule_asks_the_attached_models_backbone(tmp_path):
     rewrite_transcript(root, "train-clean-100", uid, "A " * 60 + "A")
     dm = ASRDataModule(train=LibriSpeechCorpus(root, ["train-clean-100"]), max_duration=2.0, num_buckets=2, num_workers=0, on_bad_input="skip",
                        cache_dir=str(root / "cache"))
-    model = CTCModule(make_tiny_backbone(), dm.tokenizer.vocab_size, tokenizer=dm.tokenizer.to_dict())
+    model = CTCModule(make_tiny_backbone(), dm.tokenizer.to_dict())
     trainer = pl.Trainer(max_steps=1, **QUIET)
     trainer.fit(model, datamodule=dm)
     assert dm.skipped["train"] == {"too_short_for_ctc": 1}

@@ -24,7 +24,10 @@ def test_monitored_metric_follows_the_target_language(tmp_path):
     ja = ASRDataModule(train=CommonVoiceCorpus(tmp_path, "ja", "train"), val=CommonVoiceCorpus(tmp_path, "ja", "dev"),
                        domain="target")
     assert monitored_metric(ja) == "val/target/cer"
-    dann = DomainAdaptationDataModule(source, ja)
+    dann = DomainAdaptationDataModule(source_train=LibriSpeechCorpus(tmp_path, ["train-clean-100"]),
+                                      target_train=CommonVoiceCorpus(tmp_path, "ja", "train"),
+                                      val={"source": LibriSpeechCorpus(tmp_path, ["dev-clean"]),
+                                           "target": CommonVoiceCorpus(tmp_path, "ja", "dev")})
     assert dann.val_languages == {"source": "en", "target": "ja"}
     assert monitored_metric(dann) == "val/target/cer"
     assert monitored_metric(ASRDataModule()) is None

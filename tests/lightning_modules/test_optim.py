@@ -7,7 +7,7 @@ import torch
 
 from lightning_modules import CTCModule
 from lightning_modules.optim import TransferLRScheduler, build_param_groups, tri_stage_factor
-from tests.conftest import make_tiny_backbone
+from tests.conftest import char_tokenizer, make_tiny_backbone
 
 
 def optimizer(active_since: list[int | None] | None = None, warmup: int = 0) -> torch.optim.Optimizer:
@@ -47,7 +47,7 @@ def test_tri_stage_phases_are_configurable():
     with pytest.raises(ValueError, match="final_lr_scale"):
         TransferLRScheduler(optimizer(), 100, "tri_stage", 0.0)
     with pytest.raises(ValueError, match="final_lr_scale"):
-        CTCModule(make_tiny_backbone(), 10, decay="tri_stage")
+        CTCModule(make_tiny_backbone(), char_tokenizer().to_dict(), decay="tri_stage")
 
 
 def test_tri_stage_composes_with_per_group_warmup_of_late_unfrozen_groups():

@@ -24,7 +24,7 @@ def model(tmp_path, adapter, bundle="WAV2VEC2_BASE", **kwargs) -> FineTuneCTC:
     torch.manual_seed(0)
     backbone = TorchaudioBackbone(bundle, weights_path=str(weights), config_overrides=OVERRIDES)
     tok = char_tokenizer()
-    return FineTuneCTC(backbone, tok.vocab_size, tokenizer=tok.to_dict(), adapter=adapter, lr=3e-3,
+    return FineTuneCTC(backbone, tok.to_dict(), adapter=adapter, lr=3e-3,
                        dropout=0.0, **kwargs)
 
 

@@ -14,9 +14,10 @@ from tests.conftest import make_tiny_backbone
 def save_source(path, tokenizer, head="linear") -> CTCModule:
     """A 'trained' source model checkpoint (the keys Lightning writes that transfer_head reads)."""
     torch.manual_seed(1)
-    source = CTCModule(make_tiny_backbone(), tokenizer.vocab_size, tokenizer=tokenizer.to_dict(), head=head,
+    source = CTCModule(make_tiny_backbone(), tokenizer.to_dict(), head=head,
                        head_hidden=8)
-    torch.save({"state_dict": source.state_dict(), "speechxfer": {"tokenizer": tokenizer.to_dict()}}, path)
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams),
+                "speechxfer": {"module_class": "lightning_modules.ctc.CTCModule"}}, path)
     return source
 
 
@@ -25,7 +26,7 @@ def test_shared_symbols_and_blank_are_copied_new_symbols_keep_their_init(tmp_pat
     new = CharTokenizer(list(" AaBbé'e"))  # new casing + accents; shares " ", a, b, e, ' and the blank
     source = save_source(tmp_path / "src.ckpt", old)
     torch.manual_seed(2)
-    target = FineTuneCTC(make_tiny_backbone(), new.vocab_size, tokenizer=new.to_dict(),
+    target = FineTuneCTC(make_tiny_backbone(), new.to_dict(),
                          init_head_from=str(tmp_path / "src.ckpt"))
     fresh = {k: v.clone() for k, v in target.head.state_dict().items()}
     target.setup("fit")
@@ -44,7 +45,7 @@ def test_shared_symbols_and_blank_are_copied_new_symbols_keep_their_init(tmp_pat
 def test_bilstm_head_copies_the_lstm_whole(tmp_path):
     old, new = CharTokenizer(list(" ab")), CharTokenizer(list(" bc"))
     source = save_source(tmp_path / "src.ckpt", old, head="bilstm")
-    target = FineTuneCTC(make_tiny_backbone(), new.vocab_size, tokenizer=new.to_dict(), head="bilstm",
+    target = FineTuneCTC(make_tiny_backbone(), new.to_dict(), head="bilstm",
                          head_hidden=8, init_head_from=str(tmp_path / "src.ckpt"))
     target.setup("fit")
     src, got = source.head.state_dict(), target.head.state_dict()
@@ -64,7 +65,7 @@ def test_sentencepiece_pieces_are_matched_by_string():
 def test_mismatched_heads_are_a_clear_error(tmp_path):
     tok = CharTokenizer(list(" ab"))
     save_source(tmp_path / "src.ckpt", tok, head="bilstm")
-    target = FineTuneCTC(make_tiny_backbone(), tok.vocab_size, tokenizer=tok.to_dict(),
+    target = FineTuneCTC(make_tiny_backbone(), tok.to_dict(),
                          init_head_from=str(tmp_path / "src.ckpt"))
     with pytest.raises(ValueError, match=r"src\.ckpt.*same head type"):
         target.setup("fit")

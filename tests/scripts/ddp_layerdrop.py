@@ -61,7 +61,7 @@ def main() -> None:
     weights = tiny_weights("WAV2VEC2_BASE", overrides, args.out)  # rank 0 writes it before rank 1 starts
     backbone = TorchaudioBackbone("WAV2VEC2_BASE", weights_path=str(weights), layer_drop=LAYER_DROP,
                                   config_overrides=overrides)
-    model = CTCModule(backbone, tokenizer.vocab_size, tokenizer=tokenizer.to_dict(), lr=1e-3)
+    model = CTCModule(backbone, tokenizer.to_dict(), lr=1e-3)
     batches = [tone_batch(c, tokenizer, seed=100 * rank + i) for i, c in enumerate(chunked(texts(8, seed=rank), 2))]
     record = RecordDecisions()
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=STEPS, callbacks=[record],

@@ -69,8 +69,8 @@ def test_local_model_shapes_padding_and_weights(saved, batch, kind):
             for h_pad, h_alone in zip(out.hidden_states, alone.hidden_states):
                 torch.testing.assert_close(h_pad[i, :int(frames[i])], h_alone[0], atol=1e-4, rtol=1e-4)
         short = audio[1:, :int(lengths[1])]  # the pretrained weights: same outputs as the HF model itself
-        from lightning_modules.backbones.torchaudio_backbone import normalize_waveform
-        theirs = reference(normalize_waveform(short, lengths[1:]), output_hidden_states=True).hidden_states
+        from lightning_modules.backbones.base import masked_normalize
+        theirs = reference(masked_normalize(short, lengths[1:]), output_hidden_states=True).hidden_states
         for mine, ref in zip(backbone(short, lengths[1:]).hidden_states, theirs):
             torch.testing.assert_close(mine, ref)
     groups = backbone.layer_groups()
@@ -109,7 +109,7 @@ def fit(module, dm, tmp_path, steps=3, callbacks=()) -> pl.Trainer:
 
 def test_fine_tune_with_unfreezing_and_checkpoint_round_trip(saved, tmp_path, batch):
     tok = char_tokenizer()
-    module = FineTuneCTC(HFBackbone(saved["wav2vec2"], mask="10h"), tok.vocab_size, tokenizer=tok.to_dict(),
+    module = FineTuneCTC(HFBackbone(saved["wav2vec2"], mask="10h"), tok.to_dict(),
                          freeze_feature_encoder=True, lr=3e-3, dropout=0.0)
     module.backbone.load_pretrained()
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
@@ -130,14 +130,14 @@ def test_fine_tune_with_unfreezing_and_checkpoint_round_trip(saved, tmp_path, ba
 
 def test_frozen_features_and_dann(saved, tmp_path):
     tok = char_tokenizer()
-    frozen = FrozenFeatureCTC(HFBackbone(saved["hubert"]), tok.vocab_size, tokenizer=tok.to_dict(), lr=3e-3)
+    frozen = FrozenFeatureCTC(HFBackbone(saved["hubert"]), tok.to_dict(), lr=3e-3)
     frozen.backbone.load_pretrained()  # what fit's setup does; the comparison starts from the loaded weights
     before = {k: v.clone() for k, v in frozen.backbone.state_dict().items()}
     weights = frozen.featurizer.state_dict()["weights"].clone()
     fit(frozen, TinyDataModule(n_train=4, batch_size=2), tmp_path / "frozen", steps=2)
     assert all(torch.equal(before[k], v) for k, v in frozen.backbone.state_dict().items())
     assert not torch.equal(weights, frozen.featurizer.state_dict()["weights"])
-    dann = DANNCTC(HFBackbone(saved["wavlm"]), tok.vocab_size, tokenizer=tok.to_dict(), lambda_schedule="constant",
+    dann = DANNCTC(HFBackbone(saved["wavlm"]), tok.to_dict(), lambda_schedule="constant",
                    lambda_max=0.1)
     trainer = fit(dann, TinyDataModule(n_train=4, batch_size=2, dann=True, val_domains=("source", "target")),
                   tmp_path / "dann", steps=2)
@@ -147,6 +147,6 @@ def test_frozen_features_and_dann(saved, tmp_path):
 
 def test_adapters_on_hf_attention(saved):
     tok = char_tokenizer()
-    FineTuneCTC(HFBackbone(saved["wav2vec2"]), tok.vocab_size, adapter={"kind": "lora", "targets": ["q", "v"]})
+    FineTuneCTC(HFBackbone(saved["wav2vec2"]), tok.to_dict(), adapter={"kind": "lora", "targets": ["q", "v"]})
     with pytest.raises(ValueError, match="without calling"):  # HF WavLM: fused multi_head_attention_forward
-        FineTuneCTC(HFBackbone(saved["wavlm"]), tok.vocab_size, adapter={"kind": "lora", "targets": ["q"]})
+        FineTuneCTC(HFBackbone(saved["wavlm"]), tok.to_dict(), adapter={"kind": "lora", "targets": ["q"]})

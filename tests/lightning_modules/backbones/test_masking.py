@@ -163,7 +163,7 @@ def test_eval_output_does_not_depend_on_masking_settings(audio):
 def test_frozen_feature_mode_never_masks(audio, tokenizer):
     x, lengths = audio
     model = FrozenFeatureCTC(tiny_backbone({"time_prob": 0.5, "channel_prob": 0.1, "channel_span": 4}),
-                             tokenizer.vocab_size, dropout=0.0)
+                             tokenizer.to_dict(), dropout=0.0)
     model.train()
     with torch.no_grad():
         train_out = model.backbone(x, lengths).hidden_states[-1]
@@ -172,6 +172,6 @@ def test_frozen_feature_mode_never_masks(audio, tokenizer):
 
 def test_spec_augment_is_not_applied_on_top_of_backbone_masking(tokenizer):
     with pytest.raises(ValueError, match="second time"):
-        CTCModule(tiny_backbone("100h"), tokenizer.vocab_size, spec_augment={"time_masks": 2})
-    FrozenFeatureCTC(tiny_backbone("100h"), tokenizer.vocab_size, spec_augment={"time_masks": 2})  # never masks
-    CTCModule(tiny_backbone(None), tokenizer.vocab_size, spec_augment={"time_masks": 2})
+        CTCModule(tiny_backbone("100h"), tokenizer.to_dict(), spec_augment={"time_masks": 2})
+    FrozenFeatureCTC(tiny_backbone("100h"), tokenizer.to_dict(), spec_augment={"time_masks": 2})  # never masks
+    CTCModule(tiny_backbone(None), tokenizer.to_dict(), spec_augment={"time_masks": 2})
