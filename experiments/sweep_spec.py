@@ -16,6 +16,9 @@
       data.init_args.batch_seconds: {distribution: int_uniform, min: 20, max: 80}
       model.init_args.featurizer: {distribution: categorical, values: [last, weighted]}
 
+A spec with a ``decode:`` section is a decode-only sweep over beam-search weights of a trained
+checkpoint (no training; ``experiments/decode_sweep.py`` documents its fields and checks its keys).
+
 Keys are checked by parsing ``fit --config <config> <fixed_args> --<key>=<value>`` with the CLI
 parser (no class is instantiated, no data is read), so a typo or a wrong type fails before any
 trial runs.
@@ -72,6 +75,7 @@ class SweepSpec:
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
     parameters: list[Parameter] = field(default_factory=list)
+    decode: dict[str, Any] | None = None  # decode-only sweep (experiments/decode_sweep.py)
 
 
 def _fail(path: Path, reason: str) -> SweepSpecError:
@@ -140,7 +144,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     for required in ("config", "metric", "parameters"):
         if not raw.get(required):
             raise _fail(path, f"missing required field {required!r}")
-    known = {"config", "metric", "direction", "n_trials", "study_name", "fixed_args", "pruner", "sampler", "parameters"}
+    known = {"config", "metric", "direction", "n_trials", "study_name", "fixed_args", "pruner", "sampler", "parameters",
+             "decode"}
     if unknown := set(raw) - known:
         raise _fail(path, f"unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
     if raw.get("direction", "minimize") not in DIRECTIONS:
@@ -164,6 +169,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         pruner=_choice(path, raw.get("pruner"), "pruner", PRUNERS, "median"),
         sampler=_choice(path, raw.get("sampler"), "sampler", SAMPLERS, "tpe"),
         parameters=[_parameter(path, str(k), v) for k, v in raw["parameters"].items()],
+        decode=raw.get("decode"),
     )
 
 

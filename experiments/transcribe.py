@@ -1,6 +1,8 @@
 """Transcribe audio files with a trained checkpoint — the checkpoint alone, no config, no network.
 
     speechxfer transcribe --ckpt runs/quickstart/<version>/checkpoints/last.ckpt clip.flac more/ other.mp3
+    speechxfer transcribe --ckpt CKPT --decoder beam --beam-size 50 --lexicon lm/lexicon.txt --lm lm/lm.arpa \
+        --lm-weight 1.0 --word-score 0 clip.flac          # beam search + LM (lexicon/LM: `speechxfer lm`)
 
 Prints one ``<path>\t<text>`` line per file, in the order given (folders are searched recursively
 for .flac/.wav/.mp3/.ogg). Audio is downmixed to mono and resampled to the model's 16 kHz.
@@ -17,6 +19,8 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from lightning_modules.decoding import add_decoder_arguments, decoder_config_from_args
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
 SAMPLE_RATE = 16000
@@ -61,7 +65,8 @@ def batches(waves: list[torch.Tensor], max_seconds: float) -> Iterator[list[int]
 
 
 @torch.inference_mode()
-def transcribe_files(model, files: list[Path], max_seconds: float = 60.0) -> tuple[dict[Path, str], dict[Path, str]]:
+def transcribe_files(model, files: list[Path], max_seconds: float = 60.0,
+                     decoder=None) -> tuple[dict[Path, str], dict[Path, str]]:
     """Returns ({path: text}, {path: error}) for ``files``."""
     waves, errors, readable = [], {}, []
     for path in files:
@@ -75,7 +80,7 @@ def transcribe_files(model, files: list[Path], max_seconds: float = 60.0) -> tup
     for group in batches(waves, max_seconds):
         lengths = torch.tensor([len(waves[i]) for i in group])
         audio = torch.nn.utils.rnn.pad_sequence([waves[i] for i in group], batch_first=True)
-        for i, text in zip(group, model.transcribe(audio.to(device), lengths.to(device))):
+        for i, text in zip(group, model.transcribe(audio.to(device), lengths.to(device), decoder)):
             texts[readable[i]] = text
     return texts, errors
 
@@ -86,13 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="audio seconds per batch")
+    add_decoder_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        decoding = decoder_config_from_args(args)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
 
-    from lightning_modules import load_model
+    from lightning_modules import build_decoder, load_model
 
     model = load_model(args.ckpt, map_location=args.device).eval()
+    decoder = build_decoder(decoding, model.tokenizer)
     files = expand_inputs(args.inputs)
-    texts, errors = transcribe_files(model, files, args.max_seconds)
+    texts, errors = transcribe_files(model, files, args.max_seconds, decoder)
     for path in files:
         if path in texts:
             print(f"{path}\t{texts[path]}")

@@ -1,4 +1,4 @@
-"""The one CTC core: backbone → featurizer → head → CTC loss, greedy decoding, WER/CER.
+"""The one CTC core: backbone → featurizer → head → CTC loss, decoding, WER/CER.
 
 Transfer methods (``finetune.py``, ``frozen.py``, ``dann.py``) are short subclasses that override
 ``hidden_states`` (how layers are obtained), ``backbone_layer_groups`` / ``top_layer_groups``
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
@@ -27,19 +28,10 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from datamodules.augment import SpecAugment
 from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
+from lightning_modules.decoding import Decoder, DecoderConfig, build_decoder, greedy_decode  # noqa: F401 (re-export)
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
 from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups, total_optimizer_steps
-
-
-def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path per utterance: argmax over (B, T, V), keep valid frames, collapse repeats, drop blanks."""
-    best = log_probs.argmax(-1).cpu()
-    out = []
-    for row, n in zip(best, lengths.cpu().tolist()):
-        ids = torch.unique_consecutive(row[:n])
-        out.append(ids[ids != blank].tolist())
-    return out
 
 
 def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
@@ -66,7 +58,8 @@ class CTCModule(pl.LightningModule):
     all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
     group, multiplied by ``layer_decay`` per group below; ``decay`` "linear" | "cosine" |
     "constant" down to ``min_lr_ratio`` after ``warmup_steps``; ``spec_augment`` kwargs of
-    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only.
+    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only;
+    ``eval_decoders`` name -> ``DecoderConfig`` of extra decoders for validate/test (module docstring).
     """
 
     def __init__(self, backbone: Backbone, vocab_size: int, tokenizer: dict | None = None,
@@ -76,9 +69,9 @@ class CTCModule(pl.LightningModule):
                  backbone_lr: float | None = None, layer_decay: float | None = None, weight_decay: float = 0.01,
                  warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant"] = "linear",
                  min_lr_ratio: float = 0.0,
-                 spec_augment: dict | None = None) -> None:
+                 spec_augment: dict | None = None, eval_decoders: dict[str, DecoderConfig] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "eval_decoders"])
         self.backbone = backbone
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
@@ -88,6 +81,8 @@ class CTCModule(pl.LightningModule):
         self.ctc_infeasible_count = SumMetric()  # training utterances per epoch whose CTC alignment is impossible
         self._tokenizer = self._check_vocab(tokenizer_from_dict(tokenizer)) if tokenizer else None
         self._weights_restored = False
+        self.eval_decoders = check_decoder_names(eval_decoders or {})
+        self._decoders: dict[str, Decoder] = {}  # built on first use (they need the tokenizer)
 
     def _check_vocab(self, tokenizer: Any) -> Any:
         if tokenizer.vocab_size != self.hparams.vocab_size:
@@ -134,20 +129,27 @@ class CTCModule(pl.LightningModule):
             self._tokenizer = self._check_vocab(dm.tokenizer)
         return self._tokenizer
 
-    def decode(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
-        """Greedy CTC transcripts of (B, T', V) log-probs."""
-        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+    def decoder(self, name: str = "greedy") -> Decoder:
+        """The greedy decoder, or the ``eval_decoders`` entry ``name``, built on first use."""
+        if name not in self._decoders:
+            config = DecoderConfig(kind="greedy") if name == "greedy" else self.eval_decoders[name]
+            self._decoders[name] = build_decoder(config, self.tokenizer)
+        return self._decoders[name]
+
+    def decode(self, log_probs: Tensor, lengths: Tensor, decoder: Decoder | None = None) -> list[str]:
+        """Transcripts of (B, T', V) log-probs, (B,) lengths: greedy unless a ``decoder`` is given."""
+        return (decoder or self.decoder())(log_probs, lengths)
 
     @torch.no_grad()
-    def transcribe(self, audio: Tensor, lengths: Tensor) -> list[str]:
-        """(B, T) 16 kHz audio, (B,) lengths -> one greedy transcript per utterance (eval mode)."""
+    def transcribe(self, audio: Tensor, lengths: Tensor, decoder: Decoder | None = None) -> list[str]:
+        """(B, T) 16 kHz audio, (B,) lengths -> one transcript per utterance (eval mode; greedy by default)."""
         was_training = self.training
         self.eval()
         try:
             log_probs, out_lengths = self(audio.to(self.device), lengths.to(self.device))
         finally:
             self.train(was_training)
-        return self.decode(log_probs, out_lengths)
+        return self.decode(log_probs, out_lengths, decoder)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -189,12 +191,17 @@ class CTCModule(pl.LightningModule):
             return names[idx]
         return "source" if idx == 0 else f"dataloader{idx}"
 
-    def _metric_set(self, stage: str, idx: int) -> tuple[str, MetricCollection]:
+    def _metric_set(self, stage: str, idx: int, with_loss: bool = True) -> tuple[str, MetricCollection]:
         key = f"{stage}_{idx}"
         if key not in self.metrics:
-            metrics = MetricCollection({"wer": WordErrorRate(), "cer": CharErrorRate(), "loss": MeanMetric()})
-            self.metrics[key] = metrics.to(self.device)
+            metrics = {"wer": WordErrorRate(), "cer": CharErrorRate()} | ({"loss": MeanMetric()} if with_loss else {})
+            self.metrics[key] = MetricCollection(metrics).to(self.device)
         return key, self.metrics[key]
+
+    def _active_eval_decoders(self) -> list[str]:
+        """Names of the ``eval_decoders`` used now: in ``validate`` / ``test``, never while fitting."""
+        fn = self._trainer.state.fn if self._trainer is not None else None
+        return list(self.eval_decoders) if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) else []
 
     def _eval_step(self, stage: str, batch: dict, idx: int) -> None:
         """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP)."""
@@ -214,6 +221,20 @@ class CTCModule(pl.LightningModule):
         for name, metric in logged.items():
             self.log(f"{stage}/{domain}/{name}", metric, on_step=False, on_epoch=True, batch_size=size,
                      add_dataloader_idx=False, metric_attribute=f"metrics.{key}.{name}")
+        if "texts" in batch:
+            for decoder in self._active_eval_decoders():
+                self._eval_decoder(f"{stage}_{decoder}", decoder, log_probs, lengths, batch, idx, domain)
+
+    def _eval_decoder(self, prefix: str, decoder: str, log_probs: Tensor, lengths: Tensor, batch: dict, idx: int,
+                      domain: str) -> None:
+        """WER/CER of the ``eval_decoders`` entry ``decoder``, logged as ``<prefix>/<domain>/{wer,cer}``."""
+        key, metrics = self._metric_set(prefix, idx, with_loss=False)
+        hyps = self.decode(log_probs, lengths, self.decoder(decoder))
+        for name in ("wer", "cer"):
+            metrics[name].update(hyps, batch["texts"])
+            self.log(f"{prefix}/{domain}/{name}", metrics[name], on_step=False, on_epoch=True,
+                     batch_size=len(batch["lengths"]), add_dataloader_idx=False,
+                     metric_attribute=f"metrics.{key}.{name}")
 
     # ---------------------------------------------------------------- optimisation
     def backbone_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -279,6 +300,14 @@ class CTCModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._weights_restored = True
+
+
+def check_decoder_names(decoders: dict[str, DecoderConfig]) -> dict[str, DecoderConfig]:
+    """``eval_decoders`` names become metric prefixes (``test_<name>/``): lower-case letters and digits."""
+    bad = [n for n in decoders if not (n.isascii() and n.isalnum() and n.islower()) or n == "greedy"]
+    if bad:
+        raise ValueError(f"eval_decoders names must be lower-case letters/digits and not 'greedy', got {bad}")
+    return dict(decoders)
 
 
 def import_class(path: str) -> type:
