@@ -54,7 +54,8 @@ def orderings(results: dict) -> list[str]:
             key = f"{family}/target/{kind}"
             if key in b and key in w:
                 name = f"target {kind.upper()}" + (" beam+LM" if family == "test_beam" else "")
-                verdicts.append(f"{name} {pct(b[key])} vs {pct(w[key])} ({'shown' if b[key] < w[key] else 'NOT shown'})")
+                shown = "shown" if b[key] < w[key] else "NOT shown"
+                verdicts.append(f"{name} {pct(b[key])} vs {pct(w[key])} ({shown})")
         lines.append(f"- {results[better]['label']} < {results[worse]['label']}: {claim}. " + "; ".join(verdicts))
     return lines
 

@@ -56,19 +56,20 @@ def check_decode_spec(spec: SweepSpec) -> tuple[Path, dict[str, Any], str]:
     decode = spec.decode
     if not isinstance(decode, dict) or set(decode) - {"ckpt", "decoder"} or "ckpt" not in decode:
         raise SweepSpecError(f"{spec.path}: decode needs 'ckpt' (and optionally 'decoder'), got {decode!r}")
-    ckpt = Path(decode["ckpt"])
-    if not ckpt.is_file():
-        raise SweepSpecError(f"{spec.path}: decode.ckpt {ckpt}: no such checkpoint")
     names = {f.name for f in fields(DecoderConfig)} - {"kind"}
     fixed = dict(decode.get("decoder") or {})
     unknown = (set(fixed) | {p.key for p in spec.parameters}) - names
     if unknown:
-        raise SweepSpecError(f"{spec.path}: {sorted(unknown)} are not decoder settings; expected some of {sorted(names)}")
+        raise SweepSpecError(f"{spec.path}: {sorted(unknown)} are not decoder settings; "
+                             f"expected some of {sorted(names)}")
     parts = spec.metric.split("/")
     if len(parts) != 3 or parts[0] != "val" or parts[2] not in ("wer", "cer"):
         raise SweepSpecError(f"{spec.path}: a decode-only metric is val/<domain>/<wer|cer>, got {spec.metric!r}")
     if spec.fixed_args:
         raise SweepSpecError(f"{spec.path}: fixed_args are training arguments; a decode-only sweep takes none")
+    ckpt = Path(decode["ckpt"])
+    if not ckpt.is_file():
+        raise SweepSpecError(f"{spec.path}: decode.ckpt {ckpt}: no such checkpoint (train it first)")
     return ckpt, fixed, parts[1]
 
 

@@ -21,15 +21,13 @@ defaults to ``<run dir>/lm/`` for a checkpoint in a run's ``checkpoints/`` folde
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from datamodules.atomic import write_json_atomic
 from datamodules.lexicon import build_lexicon, write_lexicon
 from datamodules.ngram import estimate_kneser_ney, write_arpa
-
-log = logging.getLogger(__name__)
 
 
 def load_datamodule(config: str | Path):
@@ -83,7 +81,8 @@ def build_lm(sentences: Sequence[str], tokenizer, order: int, out: Path, sources
     words = model.vocabulary()
     lexicon = build_lexicon(words, tokenizer)
     if not lexicon.entries:
-        raise ValueError(f"no word of the text can be spelled with the model's tokens: {list(lexicon.unspellable.values())[:3]}")
+        examples = list(lexicon.unspellable.values())[:3]
+        raise ValueError(f"no word of the text can be spelled with the model's tokens: {examples}")
     write_lexicon(lexicon, out / "lexicon.txt")
     info = {"sources": sources, "order": order, "sentences": len(sentences),
             "words": sum(len(s.split()) for s in sentences), "vocabulary": len(words),
@@ -143,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {info['unspellable_words']} words cannot be spelled with the model's tokens and are not "
               f"in the lexicon, e.g. {info['unspellable_examples'][:3]}")
     ckpt = args.ckpt or "MODEL.ckpt"
+    beam = json.dumps({"beam": {"lexicon": str(out / "lexicon.txt"), "lm": str(out / "lm.arpa")}})
     print(f"decode with:\n  speechxfer transcribe --ckpt {ckpt} --decoder beam --lexicon {out / 'lexicon.txt'} "
-          f"--lm {out / 'lm.arpa'} AUDIO ...")
+          f"--lm {out / 'lm.arpa'} AUDIO ...\n  speechxfer test --config CONFIG --ckpt_path {ckpt} "
+          f"--model.init_args.eval_decoders '{beam}'")
     return 0

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import torch
 from torch import Tensor
 
 from datamodules.lexicon import WORD_DELIMITER, decoder_tokens, read_lexicon, word_pieces
@@ -45,8 +46,6 @@ from datamodules.text import CharTokenizer, SentencePieceTokenizer
 
 def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
     """Best path per utterance: argmax over (B, T, V), keep valid frames, collapse repeats, drop blanks."""
-    import torch
-
     best = log_probs.argmax(-1).cpu()
     out = []
     for row, n in zip(best, lengths.cpu().tolist()):

@@ -7,7 +7,9 @@ import random
 
 import pytest
 
-from datamodules.ngram import BOS, EOS, FALLBACK_DISCOUNTS, UNK, arpa_unigrams, estimate_kneser_ney, read_arpa, write_arpa
+from datamodules.ngram import (
+    BOS, EOS, FALLBACK_DISCOUNTS, UNK, arpa_unigrams, estimate_kneser_ney, read_arpa, write_arpa,
+)
 
 WORDS = "the cat sat on a mat red box big dog ran far".split()
 
