@@ -192,3 +192,21 @@ def test_flags_round_trip_and_clear_errors(tmp_path, lm_files):
         BeamSearchDecoder(char_tokenizer(), DecoderConfig(lexicon=str(other)))
     with pytest.raises(ValueError, match="eval_decoders names"):
         CTCModule(make_tiny_backbone(), 30, eval_decoders={"Beam LM": DecoderConfig()})
+
+
+def test_sentencepiece_open_vocabulary_and_lm_decoding(tmp_path):
+    """SentencePiece: "▁" pieces start words; lexicon, open-vocabulary and LM-only beams all read a clearly
+    spelled sentence back as words."""
+    tok = sentencepiece_tokenizer()
+    text = ["the cat sat on a mat", "a red box", "the big dog ran far"]
+    build_lm(text, tok, 3, tmp_path, ["test"])
+    ids = tok.encode("the cat sat on a mat")
+    log_probs = torch.full((1, 3 * len(ids), tok.vocab_size), 1e-3)
+    for i, token in enumerate(ids):
+        log_probs[0, 3 * i, token] = log_probs[0, 3 * i + 1, 0] = log_probs[0, 3 * i + 2, 0] = 1.0
+    log_probs = (log_probs / log_probs.sum(-1, keepdim=True)).log()
+    lengths = torch.tensor([log_probs.shape[1]])
+    lexicon, lm = str(tmp_path / "lexicon.txt"), str(tmp_path / "lm.arpa")
+    for config in (DecoderConfig(lexicon=lexicon, lm=lm), DecoderConfig(lexicon=lexicon, lm=lm, lexicon_only=False),
+                   DecoderConfig(lm=lm)):
+        assert BeamSearchDecoder(tok, config)(log_probs, lengths) == ["the cat sat on a mat"], config.mode
