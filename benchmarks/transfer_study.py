@@ -150,13 +150,9 @@ def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
               "frames_per_second": 100 / s.subsampling,
               "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
     dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
-        "target_labels": False,
-        "source": {"class_path": "datamodules.ASRDataModule", "init_args": {
-            "domain": "source", "train": c["source_train"], "val": c["source_dev"], "test": c["source_test"],
-            **common}},
-        "target": {"class_path": "datamodules.ASRDataModule", "init_args": {
-            "domain": "target", "train": c["target_train"], "val": c["target_dev"], "test": c["target_test"],
-            **common}}}}
+        "source_train": c["source_train"], "target_train": c["target_train"], "target_labels": False,
+        "val": {"source": c["source_dev"], "target": c["target_dev"]},
+        "test": {"source": c["source_test"], "target": c["target_test"]}, **common}}
     configs = {"source": asr_data("source", c["source_train"], c, s, cache),
                "target_subset": asr_data("target", subset, c, s, cache), "dann": dann}
     return {k: write_yaml(out / "configs" / f"data_{k}.yaml", v) for k, v in configs.items()}
@@ -165,10 +161,11 @@ def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
 def steps_per_epoch(data_config: Path) -> int:
     """Training batches per epoch of a data config (the samplers are deterministic)."""
     from jsonargparse import ArgumentParser
-    from pytorch_lightning import LightningDataModule
+
+    from datamodules import SpeechDataModule
 
     parser = ArgumentParser()
-    parser.add_subclass_arguments(LightningDataModule, "data")
+    parser.add_subclass_arguments(SpeechDataModule, "data")
     dm = parser.instantiate(parser.parse_args(["--data", str(data_config)])).data
     return dm.train_batches_per_epoch(rank=0, world_size=1)  # domain adaptation: one pass over the source
 

@@ -1,4 +1,16 @@
-"""Training callbacks: gradual unfreezing (DDP/resume safe), W&B extras, audio throughput, run summary."""
+"""Training callbacks (the CLI adds the default ones, see ``experiments.cli.default_callbacks``).
+
+    GradualUnfreezing        staged unfreezing of layer groups, DDP- and resume-safe (unfreeze.py)
+    GradSync                 all-reduces grads of parameters unfrozen after DDP wrapped the model (grad_sync.py;
+                             a helper GradualUnfreezing uses, not a Lightning callback)
+    ResumeAtEpochEnd         an epoch-end checkpoint resumes at the next epoch's start (resume.py)
+    RandomState              per-rank RNG state in checkpoints: exact resume (resume.py)
+    SlurmRequeue             checkpoint + requeue on SIGUSR1 at a step boundary (slurm_requeue.py)
+    AudioThroughput          train/audio_sec_per_sec and samples/s, global over ranks (throughput.py)
+    RunSummary               <run dir>/summary.json, kept current (run_summary.py)
+    WandbValidationSamples   validation transcripts with audio as a W&B table (wandb_extras.py)
+    WandbLayerWeights        featurizer layer weights as a W&B bar chart (wandb_extras.py)
+"""
 
 from callbacks.grad_sync import GradSync
 from callbacks.resume import RandomState, ResumeAtEpochEnd
@@ -8,4 +20,7 @@ from callbacks.throughput import AudioThroughput
 from callbacks.unfreeze import GradualUnfreezing
 from callbacks.wandb_extras import WandbLayerWeights, WandbValidationSamples
 
-__all__ = ["AudioThroughput", "GradSync", "GradualUnfreezing", "RandomState", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue", "WandbLayerWeights", "WandbValidationSamples"]
+__all__ = [
+    "AudioThroughput", "GradSync", "GradualUnfreezing", "RandomState", "ResumeAtEpochEnd", "RunSummary",
+    "SlurmRequeue", "WandbLayerWeights", "WandbValidationSamples",
+]

@@ -22,13 +22,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
-from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from datamodules.base import SpeechDataModule
 from experiments.runs import (
     checkpoint_callbacks,
     default_loggers,
@@ -36,12 +36,12 @@ from experiments.runs import (
     resolve_run_dir,
 )
 
-TOOLS = {
-    "transcribe": "experiments.transcribe:main",
-    "lm": "experiments.lm:main",
-    "sweep": "experiments.sweep:main",
-    "compare": "experiments.compare:main",
-    "slurm": "experiments.slurm:main",
+TOOLS = {  # name -> module whose main(argv) runs it
+    "transcribe": "experiments.transcribe",
+    "lm": "experiments.lm",
+    "sweep": "experiments.sweep",
+    "compare": "experiments.compare",
+    "slurm": "experiments.slurm",
 }
 TRAINER_DEFAULTS = {
     # lhotse's duration samplers shard batches across ranks themselves.
@@ -49,16 +49,16 @@ TRAINER_DEFAULTS = {
 }
 
 
-def _vocab_size(datamodule) -> int:
-    return datamodule.vocab_size
-
-
-def _tokenizer_dict(datamodule) -> dict:
+def _tokenizer_dict(datamodule: SpeechDataModule) -> dict:
     return datamodule.tokenizer.to_dict()
 
 
 class SpeechCLI(LightningCLI):
-    """LightningCLI plus run directories, default loggers/checkpoints and data → model links."""
+    """LightningCLI plus run directories, default loggers/checkpoints and the data → model tokenizer link.
+
+    ``data`` must be a ``datamodules.SpeechDataModule`` (the parser rejects other classes); the model's
+    ``tokenizer`` init argument is linked from it (the vocabulary size follows from the tokenizer).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str, default="default", help="Run group: runs/<experiment>/")
@@ -70,7 +70,6 @@ class SpeechCLI(LightningCLI):
         parser.add_argument(
             "--callbacks", type=list[Callback], default=[], help="Experiment callbacks, added to trainer.callbacks"
         )
-        parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=_vocab_size, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -118,15 +117,14 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
     return added
 
 
-def run_tags(model: LightningModule, datamodule: LightningDataModule) -> list[str]:
-    """W&B tags: method, backbone and data domains."""
-    tags = [f"method:{getattr(model, 'method', type(model).__name__)}"]
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None:
-        tags.append(f"backbone:{getattr(backbone, 'name', type(backbone).__name__)}")
-    for domain in getattr(datamodule, "val_domains", []) or []:
-        tags.append(f"domain:{domain}")
-    return tags
+def run_tags(model: LightningModule, datamodule: SpeechDataModule) -> list[str]:
+    """W&B tags: method (the module's class name), backbone and validation domains."""
+    from callbacks.run_summary import describe_backbone
+
+    tags = [f"method:{type(model).__name__}"]
+    if (backbone := describe_backbone(model)) is not None:
+        tags.append(f"backbone:{backbone['name']}")
+    return tags + [f"domain:{domain}" for domain in datamodule.val_domains]
 
 
 def build_cli(
@@ -142,7 +140,7 @@ def build_cli(
     """
     return (cli_class or SpeechCLI)(
         LightningModule,
-        LightningDataModule,
+        SpeechDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
@@ -153,11 +151,6 @@ def build_cli(
     )
 
 
-def _load_tool(spec: str) -> Callable[[list[str]], int | None]:
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry: tools by name, everything else goes to LightningCLI."""
     # Denormal floats (near-silent audio, decaying LSTM/CTC gradients) are ~5x slower on x86 CPUs;
@@ -165,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
-        return int(_load_tool(TOOLS[args[0]])(args[1:]) or 0)
+        return int(importlib.import_module(TOOLS[args[0]]).main(args[1:]) or 0)
     build_cli(None if argv is None else args)
     return 0
 

@@ -1,11 +1,12 @@
 """``speechxfer compare``: one table + two figures comparing runs.
 
     speechxfer compare runs/quickstart runs/dann/* --out report/
-    speechxfer compare runs/*/ wandb/offline-run-* --format md
+    speechxfer compare runs/*/ --format md
     speechxfer compare --wandb-project me/speechxfer --out report/        # online W&B runs
 
-Inputs: local run dirs (or folders holding them), W&B offline run dirs, and with
-``--wandb-project`` the runs of a W&B project (needs network + credentials). Writes to ``--out``:
+Inputs: local run dirs (or folders holding them; a run's offline W&B folder is part of its run dir,
+``experiments/run_records.py`` says why it is not read on its own), and with ``--wandb-project`` the
+runs of a W&B project (needs network + credentials). Writes to ``--out``:
 ``report.md`` and/or ``report.html`` (table: method, backbone, source/target data, labelled target
 minutes, trainable params, best source/target WER and CER, wall time), ``runs.csv`` (the same
 numbers, unformatted), ``wer_curves.png`` and ``target_wer_vs_minutes.png``. Rows: runs with a
@@ -159,7 +160,7 @@ def write_report(records: list[RunRecord], out: Path, formats: Sequence[str] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speechxfer compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", type=Path, help="run dirs, folders of run dirs, W&B offline run dirs")
+    parser.add_argument("runs", nargs="*", type=Path, help="run dirs or folders of run dirs")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
     parser.add_argument("--wandb-project", help="also read the runs of this W&B project (entity/project)")
     parser.add_argument("--format", nargs="+", choices=["md", "html"], default=["md", "html"], dest="formats")

@@ -35,7 +35,8 @@ def load_datamodule(config: str | Path):
     run config (its ``data:`` entry, inline or a file relative to the config), built as the CLI builds it."""
     import yaml
     from jsonargparse import ArgumentParser
-    from pytorch_lightning import LightningDataModule
+
+    from datamodules.base import SpeechDataModule
 
     config = Path(config)
     if not config.is_file():
@@ -45,20 +46,20 @@ def load_datamodule(config: str | Path):
     if isinstance(data, str) and (config.parent / data).is_file():
         data = config.parent / data
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(LightningDataModule, "data")
+    parser.add_subclass_arguments(SpeechDataModule, "data")
     parsed = parser.parse_object({"data": data}) if isinstance(data, dict) else parser.parse_args(["--data", str(data)])
     return parser.instantiate_classes(parsed).data
 
 
 def training_texts(datamodule) -> Iterator[str]:
-    """Raw transcripts of the datamodule's labelled training corpus (domain adaptation: the source's)."""
-    from datamodules import DomainAdaptationDataModule
+    """Raw transcripts of an ``ASRDataModule``'s labelled training corpus (domain adaptation: ``source_train``)."""
+    from datamodules.asr import ASRDataModule
     from datamodules.dataset import iter_texts
 
-    dm = datamodule.source if isinstance(datamodule, DomainAdaptationDataModule) else datamodule
-    if dm.train_corpus is None:
-        raise ValueError(f"{type(dm).__name__} has no training corpus to read transcripts from")
-    return iter_texts(dm.train_corpus.cuts(dm.cache_dir))
+    if not isinstance(datamodule, ASRDataModule) or datamodule.train_corpus is None:
+        raise ValueError(f"{type(datamodule).__name__} has no labelled training corpus to read transcripts from "
+                         "(pass --text)")
+    return iter_texts(datamodule.train_corpus.cuts(datamodule.cache_dir))
 
 
 def text_lines(paths: Sequence[Path]) -> Iterator[str]:

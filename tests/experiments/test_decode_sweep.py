@@ -29,7 +29,7 @@ def setup(tmp_path_factory) -> dict:
     data = data_config(tmp)
     dm = load_datamodule(data)
     pl.seed_everything(0)
-    model = CTCModule(make_tiny_backbone(), dm.vocab_size, tokenizer=dm.tokenizer.to_dict(), lr=1e-2)
+    model = CTCModule(make_tiny_backbone(), dm.tokenizer.to_dict(), lr=1e-2)
     trainer = pl.Trainer(max_steps=2, limit_val_batches=0, use_distributed_sampler=False, **QUIET)
     trainer.fit(model, datamodule=dm)
     generator = torch.Generator().manual_seed(0)

@@ -58,7 +58,7 @@ def test_lm_from_a_checkpoint_and_a_data_config_lands_next_to_the_run(tmp_path, 
     tokenizer = load_datamodule(data).tokenizer
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
-    torch.save({"speechxfer": {"tokenizer": tokenizer.to_dict()}}, ckpt)
+    torch.save({"speechxfer": {}, "hyper_parameters": {"tokenizer": tokenizer.to_dict()}}, ckpt)
     assert main(["lm", "--ckpt", str(ckpt), "--data", str(data)]) == 0, capsys.readouterr().out
     texts = [line.split(" ", 1)[1] for f in (tmp_path / "corpus").rglob("train-clean-100/**/*.trans.txt")
              for line in f.read_text().splitlines()]

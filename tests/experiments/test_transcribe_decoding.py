@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("transcribe_decoding")
     tok = char_tokenizer()
     pl.seed_everything(0)
-    model = CTCModule(make_tiny_backbone(), tok.vocab_size, tokenizer=tok.to_dict())
+    model = CTCModule(make_tiny_backbone(), tok.to_dict())
     trainer = pl.Trainer(max_steps=1, limit_val_batches=0, **QUIET)
     trainer.fit(model, datamodule=TinyDataModule(tok))
     generator = torch.Generator().manual_seed(0)

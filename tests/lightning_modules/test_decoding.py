@@ -57,7 +57,7 @@ def trained():
     torch.set_num_threads(1)
     pl.seed_everything(0)
     tok = char_tokenizer()
-    model = CTCModule(make_tiny_backbone(), tok.vocab_size, tokenizer=tok.to_dict(), lr=1e-2, dropout=0.0,
+    model = CTCModule(make_tiny_backbone(), tok.to_dict(), lr=1e-2, dropout=0.0,
                       decay="constant")
     dm = TinyDataModule(tok, n_train=16, n_val=6, val_domains=("source",))
     pl.Trainer(max_steps=100, limit_val_batches=0, **QUIET).fit(model, datamodule=dm)
@@ -159,7 +159,7 @@ def test_eval_decoders_log_extra_metrics_in_validate_and_test_only(trained, lm_f
     lexicon, lm = lm_files
     decoders = {"beam1": DecoderConfig(beam_size=1), "lm": DecoderConfig(beam_size=8, lexicon=str(lexicon), lm=str(lm))}
     tok = trained_model.tokenizer
-    model = CTCModule(make_tiny_backbone(), tok.vocab_size, tokenizer=tok.to_dict(), dropout=0.0,
+    model = CTCModule(make_tiny_backbone(), tok.to_dict(), dropout=0.0,
                       eval_decoders=decoders)
     model.load_state_dict(trained_model.state_dict())
     results = pl.Trainer(**QUIET).test(model, datamodule=dm, verbose=False)[0]
@@ -191,7 +191,7 @@ def test_flags_round_trip_and_clear_errors(tmp_path, lm_files):
     with pytest.raises(ValueError, match="sp_lexicon.txt: word 'the'"):
         BeamSearchDecoder(char_tokenizer(), DecoderConfig(lexicon=str(other)))
     with pytest.raises(ValueError, match="eval_decoders names"):
-        CTCModule(make_tiny_backbone(), 30, eval_decoders={"Beam LM": DecoderConfig()})
+        CTCModule(make_tiny_backbone(), char_tokenizer().to_dict(), eval_decoders={"Beam LM": DecoderConfig()})
 
 
 def test_sentencepiece_open_vocabulary_and_lm_decoding(tmp_path):
