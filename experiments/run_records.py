@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 log = logging.getLogger(__name__)
-VAL_METRIC = re.compile(r"^val/([^/]+)/(wer|cer)$")
+# val/<domain>/<wer|cer>, test/..., and the same per extra decoder: val_<decoder>/..., test_<decoder>/...
+VAL_METRIC = re.compile(r"^(val|test)(_[a-z0-9]+)?/([^/]+)/(wer|cer)$")
 METRICS_CSV = ("metrics.csv", "csv/metrics.csv")
 WANDB_OFFLINE_HINT = ("a W&B offline run folder (not read: its metrics are in the speechxfer run dir that holds it; "
                       "pass that run dir, or `wandb sync` it and use --wandb-project)")
@@ -37,7 +38,8 @@ WANDB_OFFLINE_HINT = ("a W&B offline run folder (not read: its metrics are in th
 class RunRecord:
     """What the comparison report needs to know about one run.
 
-    ``best`` maps ``val/<domain>/<wer|cer>`` to the best (lowest) value; ``curves`` maps the same
+    ``best`` maps ``val/<domain>/<wer|cer>`` (and ``test/...``, ``val_<decoder>/...``, ``test_<decoder>/...``
+    from validate/test runs with ``eval_decoders``) to the best (lowest) value; ``curves`` maps the same
     names to ``[(step, value), ...]`` in step order.
     """
 
@@ -56,8 +58,9 @@ class RunRecord:
     best: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
-    def best_of(self, domain: str, kind: str = "wer") -> float | None:
-        return self.best.get(f"val/{domain}/{kind}")
+    def best_of(self, domain: str, kind: str = "wer", family: str = "val") -> float | None:
+        """Best ``<family>/<domain>/<kind>``; family "val", "test", "test_beam", ..."""
+        return self.best.get(f"{family}/{domain}/{kind}")
 
     @property
     def headline_kind(self) -> str:
@@ -66,7 +69,8 @@ class RunRecord:
 
     def primary_curve(self) -> tuple[str, list[tuple[int, float]]] | None:
         """The target WER curve if logged, else the source WER curve, else any WER curve."""
-        names = ["val/target/wer", "val/source/wer", *sorted(k for k in self.curves if k.endswith("/wer"))]
+        names = ["val/target/wer", "val/source/wer", *sorted(k for k in self.curves if k.startswith("val/") and
+                                                             k.endswith("/wer"))]
         return next(((n, self.curves[n]) for n in names if self.curves.get(n)), None)
 
 
