@@ -5,7 +5,7 @@ Written to ``trainer.default_root_dir`` (the run directory) by global rank 0 aft
 trainable-parameter count and the wall time travel in the checkpoint (callback state), so a resumed
 run continues them. Schema (JSON)::
 
-    {"status": "running" | "finished" | "failed" | "interrupted" | "pruned",
+    {"status": "running" | "finished" | "requeued" | "failed" | "interrupted" | "pruned",
      "method": "finetune", "module_class": "lightning_modules.finetune.FineTuneCTC",
      "backbone": {"class": "...", "name": "...", "identity": "..."} | null,
      "data": <datamodule.describe()> | {"class": "...", "val_domains": [...]},
@@ -13,7 +13,13 @@ run continues them. Schema (JSON)::
      "trainable_params": 1234, "max_trainable_params": 1234, "total_params": 5678,
      "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
      "best": {"val/target/wer": {"value": 0.31, "step": 180}, ...},
-     "monitor_mode": "min", "updated": "2025-01-01T12:00:00"}
+     "monitor_mode": "min", "updated": "2025-01-01T12:00:00",
+     "data_report": <datamodule.bad_input_report()>, "nonfinite": {...}}   # from other callbacks
+
+Callbacks add entries by defining ``summary_entries(trainer) -> dict`` (``BadInputReport``: every
+bad-input count; ``NonFiniteGuard``: skipped steps). ``"finished"`` is written after the final
+checkpoint (``LastCheckpoint`` saves at train end, before fit end); a fit that ``SlurmRequeue`` stopped
+is ``"requeued"``; a fit that raised is ``"failed"`` with the error.
 
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
 ``WandbLogger`` is attached), so ``speechxfer compare`` reads W&B runs the same way.
@@ -107,7 +113,8 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._track_trainable(pl_module)
-        payload = self._write(trainer, pl_module, "finished")
+        requeued = any(getattr(cb, "stopped_for_requeue", False) for cb in trainer.callbacks)
+        payload = self._write(trainer, pl_module, "requeued" if requeued else "finished")
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
@@ -154,6 +161,11 @@ class RunSummary(Callback):
 
     def summary(self, trainer: Trainer, pl_module: LightningModule, status: str) -> dict[str, Any]:
         """The summary dict (see module docstring)."""
+        extra: dict[str, Any] = {}
+        for callback in trainer.callbacks:
+            entries = getattr(callback, "summary_entries", None)  # optional callback protocol
+            if callable(entries) and callback is not self:
+                extra.update(entries(trainer))
         return {
             "status": status,
             **self._static,
@@ -165,6 +177,7 @@ class RunSummary(Callback):
             "best": dict(sorted(self.best.items())),
             "monitor_mode": "min",
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
         }
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, status: str, **extra: Any) -> dict[str, Any]:

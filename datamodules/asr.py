@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -31,10 +32,12 @@ import torch
 from lhotse import CutSet, Recording
 from torch.utils.data import DataLoader
 
+from datamodules.atomic import write_json_atomic
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import DOMAIN_IDS, domain_id
+from datamodules.charset import CharPolicy, count_chars, describe_excluded
 from datamodules.corpora import Corpus
-from datamodules.dataset import SpeechDataset, check_labels, iter_texts
+from datamodules.dataset import MAX_CHARS_PER_SECOND, LoadSkips, SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import USER_CACHE_DIR
 from datamodules.sampling import DurationBucketingSampler, check_covers_ranks, make_loader, resolve_rank
@@ -63,9 +66,17 @@ class ASRDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers per loader; ``pin_memory`` defaults to CUDA availability.
         augment: training-only waveform augmentation (off by default).
         frames_per_second: encoder frame rate for the "clip too short for its CTC label" check.
-        on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs.
+        on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs. Covers the
+            corpus scan, the label checks (OOV characters, too short for CTC, longer than
+            ``max_duration``, faster than ``max_chars_per_second``) and audio that fails to decode
+            or decodes to NaN/inf at load time; ``bad_input_report()`` has every count.
         cache_dir: corpus manifest + tokenizer cache; default: manifests next to the data (else
             ``~/.cache/speechxfer``), tokenizers in ``~/.cache/speechxfer``.
+        max_chars_per_second: labelled utterances with more normalised characters per second of
+            audio are bad input (truncated audio / wrong transcript); None disables the check.
+        charset, min_char_count: the training-text character policy of a char tokenizer (see
+            ``datamodules.charset``): ``"letters"`` (default), a locale (``"en"``), explicit characters,
+            or None (every character); characters seen fewer than ``min_char_count`` times are excluded.
     """
 
     def __init__(
@@ -91,6 +102,9 @@ class ASRDataModule(pl.LightningDataModule):
         frames_per_second: float = 50.0,
         on_bad_input: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
+        max_chars_per_second: float | None = MAX_CHARS_PER_SECOND,
+        charset: str | None = "letters",
+        min_char_count: int = 1,
     ) -> None:
         super().__init__()
         self.train_corpus, self.predict_source = train, predict
@@ -109,6 +123,11 @@ class ASRDataModule(pl.LightningDataModule):
         self.frames_per_second = frames_per_second
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # None: corpora pick
+        self.max_chars_per_second = max_chars_per_second
+        self.char_policy = CharPolicy(charset, min_char_count, self.normalizer.keep_chars)
+        self.text_report: dict[str, Any] = {}
+        self.skip_examples: dict[str, dict[str, str]] = {}
+        self.load_skips: dict[str, LoadSkips] = {}
         self._tokenizer: Any = None
         self._tokenizer_owner: ASRDataModule | None = None
         self._raw: dict[str, CutSet] = {}
@@ -189,7 +208,7 @@ class ASRDataModule(pl.LightningDataModule):
         dataset = SpeechDataset(self.tokenizer if self.train_labels else None, labels=self.train_labels,
                                 domain=domain_id(self.domain), augment=self.augment,
                                 on_bad_input=self.on_bad_input, seed=self.seed)
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, sampler, "train")
 
     def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
         """Training batches per epoch on this rank, counted by a dry pass of the sampler (metadata only).
@@ -224,7 +243,7 @@ class ASRDataModule(pl.LightningDataModule):
         if cuts is None:
             cuts = self._raw["predict"] = self._predict_cuts()
         dataset = SpeechDataset(labels=False, domain=domain_id(self.domain), on_bad_input=self.on_bad_input)
-        return self._loader(dataset, self._sampler(cuts, False, rank, world_size))
+        return self._loader(dataset, self._sampler(cuts, False, rank, world_size), "predict")
 
     def state_dict(self) -> dict[str, Any]:
         return progress_state(self.trainer, self.train_sampler, self.seed)
@@ -255,7 +274,7 @@ class ASRDataModule(pl.LightningDataModule):
                 raise ValueError("ASRDataModule(train=...) was not given")
             raw = self._corpus_cuts("train", self.train_corpus)
             max_speed = self.augment.max_speed if self.augments_waveform else 1.0
-            self._checked["train"] = self._check(raw, "train", max_speed) if self.train_labels else raw
+            self._checked["train"] = self._check(raw, "train", max_speed, labels=self.train_labels)
         return self._checked["train"]
 
     def eval_cuts(self, split: Literal["val", "test"], name: str) -> CutSet:
@@ -271,13 +290,38 @@ class ASRDataModule(pl.LightningDataModule):
             self._raw[key] = corpus.cuts(self.cache_dir)
         return self._raw[key]
 
-    def _check(self, cuts: CutSet, name: str, max_speed: float) -> CutSet:
-        kept, skipped = check_labels(cuts, self.tokenizer, self.frames_per_second, self.on_bad_input,
-                                     max_speed=max_speed, name=f"{self.domain}/{name}")
-        self.skipped[name] = dict(skipped)
+    def _check(self, cuts: CutSet, name: str, max_speed: float, labels: bool = True) -> CutSet:
+        kept, skipped, examples = check_labels(
+            cuts, self.tokenizer if labels else None, self.frames_per_second, self.on_bad_input,
+            max_speed=max_speed, name=f"{self.domain}/{name}", max_duration=self.max_duration,
+            max_chars_per_second=self.max_chars_per_second)
+        self.skipped[name], self.skip_examples[name] = dict(skipped), examples
         if not any(True for _ in kept):
-            raise BadInputError(name, "no_usable_utterances", f"every utterance was skipped: {dict(skipped)}")
+            raise BadInputError(name, "no_usable_utterances",
+                                f"every utterance was skipped: {dict(skipped)}; first: {'; '.join(examples.values())}")
         return kept
+
+    def load_skip_counts(self) -> Counter:
+        """``{reason: n}`` of the utterances this process's loaders skipped at load time."""
+        return sum((Counter(rec.counts) for rec in self.load_skips.values()), Counter())
+
+    def bad_input_report(self) -> dict[str, Any]:
+        """Every bad-input count of this domain's data, for ``summary.json``.
+
+        ``scan``: per corpus, the files skipped/noted while scanning (``Corpus.skipped``/``notes``);
+        ``checks``: per split, utterances dropped before sampling (labels, durations, speaking rate);
+        ``load``: per loader, utterances skipped when their audio was decoded (this process);
+        ``text``: the training-text character policy and its outcome.
+        """
+        corpora = {"train": self.train_corpus, **{f"val/{n}": c for n, c in self.val_corpora.items()},
+                   **{f"test/{n}": c for n, c in self.test_corpora.items()}}
+        scan = {name: {"skipped": dict(c.skipped), "notes": dict(c.notes)}
+                for name, c in corpora.items() if c is not None and (c.skipped or c.notes)}
+        checks = {name: {"skipped": counts, "examples": self.skip_examples.get(name, {})}
+                  for name, counts in self.skipped.items() if counts}
+        load = {name: rec.to_dict() for name, rec in self.load_skips.items() if rec.total()}
+        return {"on_bad_input": self.on_bad_input, "scan": scan, "checks": checks, "load": load,
+                "text": self.text_report}
 
     def _predict_cuts(self) -> CutSet:
         if isinstance(self.predict_source, Corpus):
@@ -304,18 +348,32 @@ class ASRDataModule(pl.LightningDataModule):
         if self.train_corpus is None:
             raise ValueError("no training corpus to build the tokenizer from: pass train=... or tokenizer_path=...")
         cuts = self._corpus_cuts("train", self.train_corpus)
-        texts = _Texts(cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
+        texts = _Texts(cuts)  # streamed 2-3 times (hash, count, build): fine for lazy 280k-utterance manifests
         settings = {"kind": self.tokenizer_kind, "normalizer": self.normalizer.to_dict(),
-                    "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None}
-        path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{_hash(settings, texts)}.json"
-        if path.is_file():
+                    "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None,
+                    "chars": self.char_policy.settings()}
+        key = _hash(settings, texts)
+        path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{key}.json"
+        report_path = path.with_name(f"text-policy-{key}.json")
+        if path.is_file() and report_path.is_file():
+            self.text_report = json.loads(report_path.read_text(encoding="utf-8"))
             return load_tokenizer(path)
+        chars, excluded = self.char_policy.split(count_chars(self.normalizer(t) for t in texts))
         if self.tokenizer_kind == "char":
-            tok = CharTokenizer.build(texts, self.normalizer)
+            tok = CharTokenizer(chars, self.normalizer)
         else:
-            tok = SentencePieceTokenizer.build(texts, self.normalizer, vocab_size=self.sentencepiece_vocab_size)
+            allowed = set(chars)
+            kept = (t for t in texts if all(ch in allowed for ch in self.normalizer(t)))
+            tok = SentencePieceTokenizer.build(kept, self.normalizer, vocab_size=self.sentencepiece_vocab_size)
+        self.text_report = {**self.char_policy.settings(), "vocabulary": "".join(chars),
+                            "excluded": describe_excluded(excluded), "excluded_total": sum(excluded.values())}
+        write_json_atomic(report_path, self.text_report)
         tok.save(path)  # atomic: concurrent ranks write identical content
         log.info("%s: built %s tokenizer (%d classes) -> %s", self.domain, self.tokenizer_kind, tok.vocab_size, path)
+        if excluded:
+            log.warning("%s: training-text character policy %s excluded %d character(s) from the vocabulary: %s; "
+                        "utterances using them are bad input (oov_character)", self.domain,
+                        self.char_policy.settings(), len(excluded), self.text_report["excluded"])
         return tok
 
     # -- loaders ---------------------------------------------------------------------------------
@@ -333,11 +391,14 @@ class ASRDataModule(pl.LightningDataModule):
         dataset = SpeechDataset(self.tokenizer, labels=True, domain=domain, on_bad_input=self.on_bad_input)
         cuts = self.eval_cuts(split, name)
         check_covers_ranks(cuts, world_size, f"{self.domain}/{split}/{name}")
-        return self._loader(dataset, self._sampler(cuts, False, rank, world_size))
+        return self._loader(dataset, self._sampler(cuts, False, rank, world_size), f"{split}/{name}")
 
-    def _loader(self, dataset: SpeechDataset, sampler: DurationBucketingSampler) -> DataLoader:
+    def _loader(self, dataset: SpeechDataset, sampler: DurationBucketingSampler, name: str) -> DataLoader:
+        """A ``CountingDataLoader`` whose load-time skips accumulate in ``self.load_skips[name]``."""
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
-        return make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
+        loader = make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
+        loader.load_skips = self.load_skips.setdefault(name, LoadSkips())
+        return loader
 
 
 def progress_state(trainer: Any, sampler: DurationBucketingSampler | None, seed: int) -> dict[str, Any]:

@@ -6,8 +6,12 @@ returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
 
 Bad input (``on_bad_input``): ``"error"`` raises ``BadInputError`` naming the utterance/file and
 the reason; ``"skip"`` drops the utterance, counts it per reason (``.skipped``) and logs it.
-Label problems are found before sampling by ``check_labels`` so the sampler never builds a batch
-around an unusable utterance; audio that fails to decode can only be found at load time.
+Label problems, clips longer than a batch (``max_duration``) and implausible speaking rates are found
+before sampling by ``check_labels`` so the sampler never builds a batch around an unusable utterance;
+audio that fails to decode (or decodes to NaN/inf) can only be found at load time. Load-time skips
+travel with the batch (``batch["load_skips"]``, a :class:`LoadSkips` record, so counts from DataLoader
+workers reach the main process); ``sampling.CountingDataLoader`` removes the record, sums it and drops
+a batch whose every utterance was skipped: a skip-mode run never stops on bad audio.
 """
 
 from __future__ import annotations
@@ -28,15 +32,48 @@ from torch.utils.data import Dataset
 
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import audio_key, make_batch
-from datamodules.errors import BadInputError, check_on_bad_input
+from datamodules.errors import DUPLICATE_ID, NON_FINITE_AUDIO, BadInputError, check_on_bad_input
 from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
+from datamodules.probe import first_line
 
 log = logging.getLogger(__name__)
 
 OOV = "oov_character"
 EMPTY_LABEL = "empty_label"
 TOO_SHORT = "too_short_for_ctc"
+TOO_LONG = "longer_than_max_duration"
+FAST_SPEECH = "implausible_speaking_rate"
 DECODE_FAILED = "audio_decode_failed"
+LOAD_SKIPS = "load_skips"
+# Read speech runs at ~15 normalised characters (spaces included) per second, fast speakers ~20: a clip
+# with more is almost surely cut short (e.g. an MP3 truncated after the frame its header counts from)
+# or paired with the wrong transcript.
+MAX_CHARS_PER_SECOND = 25.0
+
+
+class LoadSkips:
+    """Load-time skips: ``counts`` per reason, the first ``examples`` per reason, batches left ``empty``."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+        self.empty_batches = 0
+
+    def add(self, error: BadInputError) -> None:
+        self.counts[error.reason] += 1
+        self.examples.setdefault(error.reason, str(error))
+
+    def merge(self, other: LoadSkips) -> None:
+        self.counts.update(other.counts)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
+        self.empty_batches += other.empty_batches
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skipped": dict(self.counts), "empty_batches": self.empty_batches, "examples": dict(self.examples)}
 
 
 class Tokenizer(Protocol):
@@ -112,24 +149,44 @@ def load_audio(cut: Any) -> np.ndarray:
     return cut.load_audio()
 
 
+def duration_problem(cut: Any, max_duration: float | None, max_speed: float = 1.0) -> BadInputError | None:
+    """``cut`` is longer than a whole batch (``max_duration`` seconds, after speed perturbation), or ``None``.
+
+    Such a clip cannot be batched within ``max_duration`` (on a GPU sized for it: out of memory).
+    """
+    if max_duration is None or cut.duration / min(max_speed, 1.0) <= max_duration:
+        return None
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", TOO_LONG,
+                         f"{cut.duration:.2f} s is longer than max_duration={max_duration:g} s (a batch's audio): "
+                         "raise max_duration or cut the recording")
+
+
 def label_problem(cut: Any, tokenizer: Tokenizer, frames_per_second: float,
-                  max_speed: float = 1.0) -> BadInputError | None:
+                  max_speed: float = 1.0, max_chars_per_second: float | None = None) -> BadInputError | None:
     """The reason ``cut`` cannot be a CTC training example, or ``None``.
 
     A clip of ``d`` seconds gives ``floor(d / max_speed * frames_per_second)`` encoder frames
     (``max_speed`` > 1 when speed perturbation may shorten it); CTC needs ``ctc_min_frames``.
+    More than ``max_chars_per_second`` normalised characters per second of audio (None: no check) is
+    an implausible speaking rate: truncated audio or the wrong transcript.
     """
     try:
-        _, ids = encode_label(cut, tokenizer)
+        text, ids = encode_label(cut, tokenizer)
     except BadInputError as e:
         return e
+    where = f"utterance {cut.id!r} ({cut_path(cut)})"
     frames = int(cut.duration / max_speed * frames_per_second)
     if frames < ctc_min_frames(ids):
         return BadInputError(
-            f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
+            where, TOO_SHORT,
             f"{cut.duration:.3f} s gives {frames} frames at {frames_per_second:g}/s "
             f"(speed <= {max_speed:g}) but its {len(ids)}-token label needs {ctc_min_frames(ids)}",
         )
+    rate = len(text) / max(cut.duration, 1e-6)
+    if max_chars_per_second is not None and rate > max_chars_per_second:
+        return BadInputError(where, FAST_SPEECH,
+                             f"{len(text)} characters in {cut.duration:.2f} s = {rate:.1f}/s > max_chars_per_second="
+                             f"{max_chars_per_second:g} (audio cut short, or the wrong transcript?)")
     return None
 
 
@@ -143,30 +200,44 @@ class ExcludeIds:
         return cut.id not in self.ids
 
 
-def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
-                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts") -> tuple[CutSet, Counter]:
-    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable labels.
+def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, frames_per_second: float,
+                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts",
+                 max_duration: float | None = None,
+                 max_chars_per_second: float | None = None) -> tuple[CutSet, Counter, dict[str, str]]:
+    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable utterances.
 
-    Returns the kept cuts and the per-reason skip counts. Nothing dropped: ``cuts`` itself. Else a
-    lazily opened manifest written next to the one ``cuts`` reads (``derive_manifest``; it keeps
-    ``len()``), or an in-memory filter of a CutSet that was not read from a file.
+    Checks every cut's duration against ``max_duration`` and, with a ``tokenizer`` (labelled data),
+    its label (``label_problem``). Returns the kept cuts, the per-reason skip counts and the first
+    skip message per reason. Nothing dropped: ``cuts`` itself. Else a lazily opened manifest written
+    next to the one ``cuts`` reads (``derive_manifest``; it keeps ``len()``), or an in-memory filter
+    of a CutSet that was not read from a file. A cut id seen twice is a ``duplicate_id`` problem.
     """
     check_on_bad_input(on_bad_input)
     bad: set[str] = set()
+    seen: set[str] = set()
     skipped: Counter = Counter()
+    examples: dict[str, str] = {}
     for cut in cuts:
-        problem = label_problem(cut, tokenizer, frames_per_second, max_speed)
+        problem = duration_problem(cut, max_duration, max_speed)
+        if problem is None and cut.id in seen:
+            problem = BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", DUPLICATE_ID,
+                                    "the manifest holds this utterance id more than once")
+        if problem is None and tokenizer is not None:
+            problem = label_problem(cut, tokenizer, frames_per_second, max_speed, max_chars_per_second)
+        seen.add(cut.id)
         if problem is None:
             continue
         if on_bad_input == "error":
             raise problem
         bad.add(cut.id)
         skipped[problem.reason] += 1
+        examples.setdefault(problem.reason, str(problem))
         log.debug("%s: skipped %s", name, problem)
     if skipped:
-        log.warning("%s: skipped %d utterance(s) with unusable labels (%s)", name, len(bad),
-                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())))
-    return (derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts), skipped
+        log.warning("%s: skipped %d utterance(s) (%s) - first of each: %s", name, sum(skipped.values()),
+                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())),
+                    "; ".join(examples[r] for r in sorted(examples)))
+    return (derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts), skipped, examples
 
 
 class SpeechDataset(Dataset):
@@ -193,8 +264,18 @@ class SpeechDataset(Dataset):
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.sample_rate, self.seed = sample_rate, seed
         self.skipped: Counter = Counter()  # per process (DataLoader workers count their own)
+        self._batch_skips: LoadSkips | None = None
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        """The batch dict; with skips, ``batch["load_skips"]`` (:class:`LoadSkips`). Every utterance
+        skipped: ``{"ids": [], "load_skips": ...}`` (dropped by ``CountingDataLoader``)."""
+        self._batch_skips = LoadSkips()
+        batch = self._build(cuts)
+        if self._batch_skips.total():
+            batch[LOAD_SKIPS] = self._batch_skips
+        return batch
+
+    def _build(self, cuts: CutSet) -> dict[str, Any]:
         cuts = cuts.map(self._resampled) if any(c.sampling_rate != self.sample_rate for c in cuts) else cuts
         keys = {c.id: audio_key(c) for c in cuts}
         paths = {c.id: cut_path(c) for c in cuts}
@@ -212,9 +293,9 @@ class SpeechDataset(Dataset):
             if label is not None:
                 texts.append(label[0])
                 token_ids.append(label[1])
-        if not kept:
-            raise BadInputError(", ".join(sorted(paths.values())), "empty_batch",
-                                "every utterance of this batch was skipped as bad input")
+        if not kept:  # (skip mode: under "error" the first bad utterance raised)
+            self._batch_skips.empty_batches += 1
+            return {"ids": []}
         if self.augment is not None:
             waves = self.augment.apply_to_waves(waves, rng)
         return make_batch(waves, kept, [keys[i] for i in kept], self.domain,
@@ -234,14 +315,21 @@ class SpeechDataset(Dataset):
         try:
             audio = torch.from_numpy(load_audio(cut)).to(torch.float32)
         except Exception as e:  # any decoder failure: name the file
-            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {type(e).__name__}: {e}")) or None
+            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {first_line(e)}")) or None
         if audio.dim() == 2:  # (channels, T): lhotse MonoCuts load (1, T)
             audio = audio[0] if audio.shape[0] == 1 else audio.mean(dim=0)
+        finite = torch.isfinite(audio)
+        if not bool(finite.all()):
+            n = int((~finite).sum())
+            return self._bad(BadInputError(path, NON_FINITE_AUDIO, f"utterance {cut.id!r}: {n} of {audio.numel()} "
+                                           "samples are NaN or infinite")) or None
         return audio
 
     def _bad(self, error: BadInputError) -> bool:
         if self.on_bad_input == "error":
             raise error
         self.skipped[error.reason] += 1
+        if self._batch_skips is not None:
+            self._batch_skips.add(error)
         log.warning("skipped %s", error)
         return False

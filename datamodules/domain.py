@@ -13,6 +13,7 @@ are never read; target val/test sets are always labelled (that is the evaluation
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,6 +135,13 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     @property
     def labelled_target_minutes(self) -> float:
         return self.target.labelled_target_minutes
+
+    def load_skip_counts(self) -> Counter:
+        return self.source.load_skip_counts() + self.target.load_skip_counts()
+
+    def bad_input_report(self) -> dict[str, Any]:
+        """``{"source": ..., "target": ...}`` of ``ASRDataModule.bad_input_report``."""
+        return {"source": self.source.bad_input_report(), "target": self.target.bad_input_report()}
 
     def prepare_data(self) -> None:
         self.source.prepare_data()

@@ -7,16 +7,19 @@ from pathlib import Path
 import torch
 
 from lightning_modules.backbones.base import build_backbone
+from lightning_modules.checkpoint_io import read_checkpoint
 from lightning_modules.ctc import CTCModule, import_class
 
 
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> CTCModule:
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", trusted: bool = False) -> CTCModule:
     """Module class, backbone architecture, hyper-parameters, tokenizer and weights from ``ckpt_path``.
 
     Returns the module in eval mode; ``model.transcribe(audio (B, T), lengths (B,)) -> list[str]``.
-    Never calls ``backbone.load_pretrained()`` (the checkpoint holds every weight).
+    Never calls ``backbone.load_pretrained()`` (the checkpoint holds every weight). The file is read
+    weights-only (``lightning_modules.checkpoint_io.read_checkpoint``); ``trusted=True`` allows full
+    unpickling of this file.
     """
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    checkpoint = read_checkpoint(ckpt_path, map_location=map_location, trusted=trusted)
     info = checkpoint.get("speechxfer")
     if info is None:
         raise ValueError(f"{ckpt_path}: not a speechxfer checkpoint (no 'speechxfer' entry; "
