@@ -49,7 +49,7 @@ from experiments.runs import (
     resume_checkpoint,
 )
 from experiments.slurm_signal import finish_for_requeue
-from lightning_modules.checkpoint_io import AtomicCheckpointIO
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 
 TOOLS = {
     "transcribe": "experiments.transcribe:main",
@@ -109,6 +109,18 @@ class SpeechCLI(LightningCLI):
         )
         parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=_vocab_size, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the hyper-parameters of ``--ckpt_path`` (weights only); a refused or corrupt file
+        gets ``read_checkpoint``'s message naming it instead of a bare ``UnpicklingError``."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            config = self.config[self.config.subcommand]
+            trusted = config.get("weights_only") is False
+            read_checkpoint(config.get("ckpt_path"), trusted=trusted)  # raises CheckpointLoadError
+            if not trusted:
+                raise
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
