@@ -54,9 +54,9 @@ class ResumeAtEpochEnd(Callback):
         for progress in (epochs["total"], epochs["current"]):  # epoch e done, epoch e + 1 ready, not started
             progress["processed"] = progress["completed"] = progress["started"]
             progress["ready"] = progress["started"] + 1
-        loops.setdefault("epoch_loop.state_dict", {})
-        stepped = loops["epoch_loop.state_dict"].get("_batches_that_stepped", 0)
-        loops["epoch_loop.state_dict"]["_batches_that_stepped"] = stepped + 1  # as Lightning does after a batch
+        # ``_batches_that_stepped`` (the loggers' step) is left as saved: Lightning adds the missing 1 itself when
+        # it restarts a loop that is not on its last batch (TrainingEpochLoop.reset); adding it here too made
+        # every metric after such a resume logged one step late.
         log.info("resuming after the last batch of epoch %s: continuing at the start of the next epoch",
                  checkpoint.get("epoch"))
 

@@ -89,6 +89,10 @@ class RunSummary(Callback):
         self._static: dict[str, Any] = {}
 
     # --- Lightning hooks -------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # from here on a failure is recorded (a resumed run must not keep saying "finished")
+            self._start = time.monotonic()
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
         self._track_trainable(pl_module)

@@ -358,3 +358,56 @@ def shared_quickstart_run(tmp_path_factory) -> Path:
                  *QUICKSTART_ARGS])
         _SHARED["quickstart"] = runs / "quickstart" / "qs"
     return _SHARED["quickstart"]
+
+
+# ---------------------------------------------------------------- fault tests (issue 11)
+TINY_QUICKSTART = {
+    "model": {"init_args": {
+        "backbone": {"init_args": {"n_mels": 40, "conv_channels": 8, "hidden": 32, "num_layers": 1,
+                                   "kind": "bilstm", "subsampling": 4, "dropout": 0.0}},
+        "dropout": 0.0, "warmup_steps": 0,
+    }},
+    "data": {"init_args": {"max_duration": 4.0, "num_buckets": 2}},
+    "trainer": {"max_epochs": -1, "check_val_every_n_epoch": None, "val_check_interval": 2, "log_every_n_steps": 1},
+}
+
+
+def tiny_quickstart(work: Path, overrides: dict | None = None) -> Path:
+    """The quickstart experiment on generated tone-speech corpora under ``work``, a 1-layer model: seconds per run.
+
+    The training corpus is ``work/tiny_corpus/LibriSpeech/train-clean-100`` (damage it before running).
+    """
+    return tiny_config(EXPERIMENTS / "quickstart.yaml", work, all_data=True,
+                       overrides=deep_merge(TINY_QUICKSTART, overrides or {}))
+
+
+def fit_in_process(args: list, cwd: Path) -> int:
+    """``speechxfer fit ARGS`` in this process (``experiments.cli.main``); its exit status."""
+    from experiments.cli import main
+
+    with in_process_cli(cwd):
+        return main(["fit", *map(str, args)])
+
+
+class PoisonBatch(pl.Callback):
+    """Writes NaN into the audio of the training batch at global step ``step`` (a non-finite loss there)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch["audio"][0, :100] = float("nan")
+
+
+class RaiseAtStep(pl.Callback):
+    """Raises ``RuntimeError`` at the start of global step ``step`` (a run that fails mid-way)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"RaiseAtStep: failing at step {self.step} on purpose")
