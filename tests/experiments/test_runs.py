@@ -37,9 +37,12 @@ def metric_steps(run, column: str) -> list[int]:
         return [int(float(row["step"])) for row in csv.DictReader(f) if row.get(column)]
 
 
-def test_metrics_csv_keeps_the_whole_history_across_resumes(config, tmp_path):
-    for steps in (2, 4, 6):  # one run, resumed twice
-        assert fit(config, tmp_path, "--trainer.max_steps", steps, *(["--ckpt_path", "last"] if steps > 2 else [])) == 0
+@pytest.mark.parametrize("every", [2, 100], ids=["batch-end-checkpoints", "train-end-checkpoints"])
+def test_metrics_csv_keeps_the_whole_history_across_resumes(config, tmp_path, every):
+    for steps in (2, 4, 6):  # one run, resumed twice, from checkpoints saved at a batch end / at train end
+        resume = ["--ckpt_path", "last"] if steps > 2 else []
+        assert fit(config, tmp_path, "--trainer.max_steps", steps, "--checkpoint_every_n_steps", every, *resume) == 0
+    # every step once, at its own step (an uninterrupted run logs the same), nothing of earlier sessions lost
     assert metric_steps(tmp_path / "runs/quickstart/r", "train/loss_step") == [0, 1, 2, 3, 4, 5]
 
 
