@@ -242,13 +242,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(_load_tool(TOOLS[args[0]])(args[1:]) or 0)
         cli = build_cli(None if argv is None else args)
     except Exception as err:
+        finish_wandb_run(exit_code=1)
         code = report_user_error(err)
         if code is None:
             raise
         return code
+    finish_wandb_run(exit_code=0)
     if cli.subcommand == "fit" and cli.stopped_for_requeue:
         return finish_for_requeue(cli.trainer.is_global_zero)
     return 0
+
+
+def finish_wandb_run(exit_code: int) -> None:
+    """Close this process's W&B run, if any (Lightning's WandbLogger leaves it open): its id is free for the
+    next session of the same training (``resume="allow"``), and an offline run records how it ended."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 if __name__ == "__main__":

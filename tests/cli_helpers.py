@@ -201,7 +201,8 @@ def callbacks_yaml(path: Path, callbacks: list[dict]) -> Path:
 # ---------------------------------------------------------------- running the CLI
 def cli_env(**extra: str) -> dict[str, str]:
     """Subprocess environment: repo importable, W&B offline, one thread, no inherited run dir."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID")}
+    drop = ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID", "WANDB_SERVICE")  # (W&B: this process's service)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
