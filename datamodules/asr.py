@@ -67,13 +67,14 @@ class ASRDataModule(pl.LightningDataModule):
         augment: training-only waveform augmentation (off by default).
         frames_per_second: encoder frame rate for the "clip too short for its CTC label" check.
         on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs. Covers the
-            corpus scan, the label checks (OOV characters, too short for CTC, longer than
-            ``max_duration``, faster than ``max_chars_per_second``) and audio that fails to decode
-            or decodes to NaN/inf at load time; ``bad_input_report()`` has every count.
+            corpus scan, the label checks (OOV characters, too short for CTC) and audio that fails to
+            decode or decodes to NaN/inf at load time; ``bad_input_report()`` has every count. Clips
+            longer than ``max_duration`` (they cannot be batched) and faster than
+            ``max_chars_per_second`` are counted skips (with a warning) under either policy.
         cache_dir: corpus manifest + tokenizer cache; default: manifests next to the data (else
             ``~/.cache/speechxfer``), tokenizers in ``~/.cache/speechxfer``.
         max_chars_per_second: labelled utterances with more normalised characters per second of
-            audio are bad input (truncated audio / wrong transcript); None disables the check.
+            audio are skipped and counted (truncated audio / wrong transcript); None disables the check.
         charset, min_char_count: the training-text character policy of a char tokenizer (see
             ``datamodules.charset``): ``"letters"`` (default), a locale (``"en"``), explicit characters,
             or None (every character); characters seen fewer than ``min_char_count`` times are excluded.

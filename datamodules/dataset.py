@@ -49,6 +49,9 @@ LOAD_SKIPS = "load_skips"
 # with more is almost surely cut short (e.g. an MP3 truncated after the frame its header counts from)
 # or paired with the wrong transcript.
 MAX_CHARS_PER_SECOND = 25.0
+# Not errors of the data but of a batch (too long for ``max_duration``) or a suspicion (speaking rate):
+# counted skips with a warning under either ``on_bad_input``.
+ALWAYS_SKIPPED = (TOO_LONG, FAST_SPEECH)
 
 
 class LoadSkips:
@@ -207,8 +210,9 @@ def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, frames_per_second: f
     """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable utterances.
 
     Checks every cut's duration against ``max_duration`` and, with a ``tokenizer`` (labelled data),
-    its label (``label_problem``). Returns the kept cuts, the per-reason skip counts and the first
-    skip message per reason. Nothing dropped: ``cuts`` itself. Else a lazily opened manifest written
+    its label (``label_problem``). Clips longer than ``max_duration`` and implausible speaking rates
+    (``ALWAYS_SKIPPED``) are counted skips under either policy. Returns the kept cuts, the per-reason
+    skip counts and the first skip message per reason. Nothing dropped: ``cuts`` itself. Else a lazily opened manifest written
     next to the one ``cuts`` reads (``derive_manifest``; it keeps ``len()``), or an in-memory filter
     of a CutSet that was not read from a file. A cut id seen twice is a ``duplicate_id`` problem.
     """
@@ -227,7 +231,7 @@ def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, frames_per_second: f
         seen.add(cut.id)
         if problem is None:
             continue
-        if on_bad_input == "error":
+        if on_bad_input == "error" and problem.reason not in ALWAYS_SKIPPED:
             raise problem
         bad.add(cut.id)
         skipped[problem.reason] += 1

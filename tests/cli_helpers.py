@@ -125,8 +125,8 @@ class TinySubstitutions:
         missing = [s for s in sorted(self.librispeech) if not (root / "LibriSpeech" / s).is_dir()]
         if missing:
             make_librispeech(root, {s: LS_COUNTS.get(s.split("-")[0], 4) for s in missing})
-            for subset in missing:  # training text must cover every character of the eval sets
-                add_librispeech_utterance(root, subset, " ".join(WORDS))
+            for chapter, subset in enumerate(missing, start=1):  # text covering every character; ids unique
+                add_librispeech_utterance(root, subset, " ".join(WORDS), chapter=chapter)
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
                 splits = (set(CV_COUNTS) | {s for loc, s in self.commonvoice if loc == locale}) - {"validated"}
