@@ -29,6 +29,7 @@ BENCHMARKS = {  # key -> script
     "cache": "bench_feature_cache.py",
     "ddp": "bench_ddp.py",
     "memory": "bench_memory.py",
+    "decode": "bench_decode.py",
 }
 DATA_ROW = re.compile(r"^\|\s*(?P<name>[^|]+?)\s*\|\s*(?P<value>[^|]+?)\s*\|\s*(?P<goal>[<>]=[^|]+?)\s*\|"
                       r"\s*(?P<ratio>[^|]+?)\s*\|\s*(?P<status>[^|]*?)\s*\|$")

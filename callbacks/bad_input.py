@@ -18,6 +18,8 @@ import pytorch_lightning as pl
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
 
+from datamodules.base import speech_datamodule
+
 log = logging.getLogger(__name__)
 
 
@@ -37,10 +39,10 @@ class BadInputReport(Callback):
         self._reported: Counter = Counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        counts = getattr(trainer.datamodule, "load_skip_counts", None)  # any LightningDataModule may be used
-        if not callable(counts):
+        datamodule = speech_datamodule(trainer)
+        if datamodule is None:
             return
-        total = all_ranks(counts())
+        total = all_ranks(datamodule.load_skip_counts())
         new = total - self._reported
         if new and trainer.is_global_zero:
             log.warning("epoch %d: skipped %d utterance(s) whose audio failed at load time (%s); total so far %d",
@@ -50,5 +52,5 @@ class BadInputReport(Callback):
         pl_module.log("data/load_skipped", float(sum(total.values())), sync_dist=False)
 
     def summary_entries(self, trainer: pl.Trainer) -> dict[str, Any]:
-        report = getattr(trainer.datamodule, "bad_input_report", None)
-        return {"data_report": report()} if callable(report) else {}
+        datamodule = speech_datamodule(trainer)
+        return {"data_report": datamodule.bad_input_report()} if datamodule is not None else {}

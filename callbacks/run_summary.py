@@ -3,12 +3,13 @@
 Written to ``trainer.default_root_dir`` (the run directory) by global rank 0 after every validation
 (so a killed run still has one), at fit end, and when fit raises. The best values, the largest
 trainable-parameter count and the wall time travel in the checkpoint (callback state), so a resumed
-run continues them. Schema (JSON)::
+run continues them. ``method`` is the module's class name; ``data`` and ``labelled_target_minutes``
+come from the ``SpeechDataModule`` (null when fitting on plain dataloaders). Schema (JSON)::
 
     {"status": "running" | "finished" | "requeued" | "failed" | "interrupted" | "pruned",
-     "method": "finetune", "module_class": "lightning_modules.finetune.FineTuneCTC",
+     "method": "FineTuneCTC", "module_class": "lightning_modules.finetune.FineTuneCTC",
      "backbone": {"class": "...", "name": "...", "identity": "..."} | null,
-     "data": <datamodule.describe()> | {"class": "...", "val_domains": [...]},
+     "data": {"source": "LibriSpeech train-clean-100", "target": "CommonVoice en/train (unlabelled)"} | null,
      "labelled_target_minutes": 10.0 | null,
      "trainable_params": 1234, "max_trainable_params": 1234, "total_params": 5678,
      "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
@@ -38,6 +39,8 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.atomic import write_json_atomic
+from callbacks.slurm_requeue import SlurmRequeue
+from datamodules.base import speech_datamodule
 
 SUMMARY_FILE = "summary.json"
 BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
@@ -59,16 +62,6 @@ def describe_backbone(pl_module: LightningModule) -> dict[str, Any] | None:
         "name": getattr(backbone, "name", cls.__name__),
         "identity": getattr(backbone, "identity", None),
     }
-
-
-def describe_data(datamodule: Any) -> Any:
-    """``datamodule.describe()`` when it exists, else its class name and validation domains."""
-    if datamodule is None:
-        return None
-    describe = getattr(datamodule, "describe", None)
-    if callable(describe):
-        return describe()
-    return {"class": type(datamodule).__name__, "val_domains": list(getattr(datamodule, "val_domains", []) or [])}
 
 
 class RunSummary(Callback):
@@ -96,13 +89,13 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
         self._track_trainable(pl_module)
-        dm = trainer.datamodule
+        datamodule = speech_datamodule(trainer)
         self._static = {
-            "method": getattr(pl_module, "method", type(pl_module).__name__),
+            "method": type(pl_module).__name__,
             "module_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "backbone": describe_backbone(pl_module),
-            "data": describe_data(dm),
-            "labelled_target_minutes": getattr(dm, "labelled_target_minutes", None),
+            "data": datamodule.describe() if datamodule is not None else None,
+            "labelled_target_minutes": datamodule.labelled_target_minutes if datamodule is not None else None,
             "total_params": count_params(pl_module),
         }
 
@@ -117,7 +110,7 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._track_trainable(pl_module)
-        requeued = any(getattr(cb, "stopped_for_requeue", False) for cb in trainer.callbacks)
+        requeued = any(isinstance(cb, SlurmRequeue) and cb.stopped_for_requeue for cb in trainer.callbacks)
         payload = self._write(trainer, pl_module, "requeued" if requeued else "finished")
         if trainer.is_global_zero:
             for logger in trainer.loggers:

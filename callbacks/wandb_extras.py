@@ -25,6 +25,9 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
 
+from datamodules.base import eval_domain_name, speech_datamodule
+from datamodules.batch import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ["domain", "id", "audio", "audio_file", "reference", "hypothesis"]
@@ -33,14 +36,6 @@ SAMPLE_COLUMNS = ["domain", "id", "audio", "audio_file", "reference", "hypothesi
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
     """The first ``WandbLogger`` among ``trainer.loggers``, else None."""
     return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-
-
-def val_domain_name(trainer: pl.Trainer, dataloader_idx: int) -> str:
-    """``datamodule.val_domains[dataloader_idx]`` (ARCHITECTURE.md), else "source" / the index."""
-    domains = getattr(trainer.datamodule, "val_domains", None) or []
-    if dataloader_idx < len(domains):
-        return str(domains[dataloader_idx])
-    return "source" if dataloader_idx == 0 else str(dataloader_idx)
 
 
 class _WandbOnly(Callback):
@@ -68,17 +63,18 @@ class WandbValidationSamples(_WandbOnly):
     and the table under ``key`` (``audio_file``: a clip's path relative to the run's ``files/``; see the
     module docstring). Audio is trimmed to its valid length.
 
+    The audio's rate is the datamodule's ``sample_rate`` (``SAMPLE_RATE`` without a datamodule).
+
     Args:
         num_samples: utterances per val dataloader.
         key: W&B key of the table.
-        sample_rate: audio rate; default ``trainer.datamodule.sample_rate`` or 16000.
     """
 
-    def __init__(self, num_samples: int = 4, key: str = "val/samples", sample_rate: int | None = None) -> None:
+    def __init__(self, num_samples: int = 4, key: str = "val/samples") -> None:
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"WandbValidationSamples: num_samples must be >= 1, got {num_samples}")
-        self.num_samples, self.key, self.sample_rate = num_samples, key, sample_rate
+        self.num_samples, self.key = num_samples, key
         self._rows: list[list[Any]] = []
         self._taken: dict[int, int] = {}
 
@@ -98,8 +94,9 @@ class WandbValidationSamples(_WandbOnly):
         n = min(need, len(batch["texts"]))
         audio, lengths = batch["audio"][:n], batch["lengths"][:n]
         hypotheses = pl_module.transcribe(audio, lengths)
-        rate = self.sample_rate or getattr(trainer.datamodule, "sample_rate", None) or 16000
-        domain = val_domain_name(trainer, dataloader_idx)
+        datamodule = speech_datamodule(trainer)
+        rate = datamodule.sample_rate if datamodule is not None else SAMPLE_RATE
+        domain = eval_domain_name(trainer, "val", dataloader_idx)
         ids = batch.get("ids") or [f"{domain}-{batch_idx}-{i}" for i in range(n)]
         for i in range(n):
             wave = audio[i, : int(lengths[i])].float().cpu().numpy()

@@ -27,36 +27,39 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from lhotse import CutSet, Recording
+from lhotse import CutSet
 from torch.utils.data import DataLoader
 
+from datamodules import errors as E
 from datamodules.atomic import write_json_atomic
 from datamodules.augment import WaveformAugmentation
+from datamodules.base import SpeechDataModule, Tokenizer
 from datamodules.batch import DOMAIN_IDS, domain_id
 from datamodules.charset import CharPolicy, count_chars, describe_excluded
-from datamodules.corpora import Corpus
+from datamodules.corpus_base import Corpus, describe_training
 from datamodules.dataset import MAX_CHARS_PER_SECOND, LoadSkips, SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import USER_CACHE_DIR
+from datamodules.probe import audio_file_cut
 from datamodules.sampling import DurationBucketingSampler, check_covers_ranks, make_loader, resolve_rank
 from datamodules.text import CharTokenizer, SentencePieceTokenizer, TextNormalizer, load_tokenizer
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 
 
-class ASRDataModule(pl.LightningDataModule):
+class ASRDataModule(SpeechDataModule):
     """Train/val/test/predict loaders over LibriSpeech / Common Voice corpora for one domain.
 
     Args:
         train: training corpus (its text also builds the tokenizer).
         val: one corpus (named after ``domain``) or ``{name: corpus}``; one val loader per name.
         test: as ``val``.
-        predict: a corpus or a list of audio file paths (batches without labels).
-        domain: name of this datamodule's domain ("source" -> batch domain 0, "target" -> 1); val/test
-            sets named "source"/"target" get that domain id, any other name gets this one's.
+        predict: a corpus, or audio file paths (batches without labels; cut id = the path as given;
+            each file is checked like a corpus file: missing, empty, unreadable or truncated files are
+            bad input, multichannel audio is downmixed (a counted note) and any rate resampled).
+        domain: "source" (batch domain 0) or "target" (1); val/test sets named "source"/"target" get
+            that domain id, any other name (e.g. "dev-other") gets this datamodule's.
         train_labels: False = training batches carry no targets/texts (transcripts never read).
         tokenizer: "char" or "sentencepiece"; ``tokenizer_path`` loads a saved one instead.
         sentencepiece_vocab_size: upper bound on sentencepiece pieces.
@@ -86,7 +89,7 @@ class ASRDataModule(pl.LightningDataModule):
         val: Corpus | dict[str, Corpus] | None = None,
         test: Corpus | dict[str, Corpus] | None = None,
         predict: Corpus | list[str] | None = None,
-        domain: str = "source",
+        domain: Literal["source", "target"] = "source",
         train_labels: bool = True,
         tokenizer: Literal["char", "sentencepiece"] = "char",
         tokenizer_path: str | None = None,
@@ -108,12 +111,11 @@ class ASRDataModule(pl.LightningDataModule):
         min_char_count: int = 1,
     ) -> None:
         super().__init__()
+        domain_id(domain)  # "source" | "target", checked now
         self.train_corpus, self.predict_source = train, predict
         self.domain, self.train_labels = domain, train_labels
         self.val_corpora = _named(val, domain)
         self.test_corpora = _named(test, domain)
-        self._bare = {"val": val is not None and not isinstance(val, dict),
-                      "test": test is not None and not isinstance(test, dict)}
         self.tokenizer_kind, self.tokenizer_path = tokenizer, tokenizer_path
         self.sentencepiece_vocab_size = sentencepiece_vocab_size
         self.normalizer = normalizer or TextNormalizer()
@@ -126,43 +128,26 @@ class ASRDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # None: corpora pick
         self.max_chars_per_second = max_chars_per_second
         self.char_policy = CharPolicy(charset, min_char_count, self.normalizer.keep_chars)
-        self.text_report: dict[str, Any] = {}
-        self.skip_examples: dict[str, dict[str, str]] = {}
-        self.load_skips: dict[str, LoadSkips] = {}
-        self._tokenizer: Any = None
-        self._tokenizer_owner: ASRDataModule | None = None
+        self.text_report: dict[str, Any] = {}  # the training-text character policy's outcome
+        self.skip_examples: dict[str, dict[str, str]] = {}  # first skip message per reason, per split
+        self.load_skips: dict[str, LoadSkips] = {}  # load-time skips per loader name
+        self._tokenizer: Tokenizer | None = None
         self._raw: dict[str, CutSet] = {}
         self._checked: dict[str, CutSet] = {}
         self.skipped: dict[str, dict[str, int]] = {}
+        self.notes: dict[str, dict[str, int]] = {}  # kept-but-fixed items per split (predict files)
+        self.predict_errors: list[BadInputError] = []  # the predict files skipped, in the order given
         self.train_sampler: DurationBucketingSampler | None = None
         self._resume: dict[str, int] | None = None
         self._batch_counts: dict[tuple[int, int], int] = {}
 
-    # -- contract properties -------------------------------------------------------------------
+    # -- contract (datamodules.base.SpeechDataModule) --------------------------------------------
     @property
-    def tokenizer(self) -> CharTokenizer | SentencePieceTokenizer:
+    def tokenizer(self) -> Tokenizer:
         """Built from the training text on first access (cached on disk), or loaded from ``tokenizer_path``."""
-        if self._tokenizer_owner is not None:
-            return self._tokenizer_owner.tokenizer
         if self._tokenizer is None:
             self._tokenizer = self._load_or_build_tokenizer()
         return self._tokenizer
-
-    def rename_domain(self, name: str) -> None:
-        """Change ``domain``; val/test corpora given bare (named after the domain) follow it."""
-        for split in ("val", "test"):
-            corpora = getattr(self, f"{split}_corpora")
-            if self._bare[split]:
-                setattr(self, f"{split}_corpora", {name: corpora[self.domain]})
-        self.domain = name
-
-    def share_tokenizer(self, owner: ASRDataModule) -> None:
-        """Use ``owner``'s tokenizer (domain adaptation: the source text defines the vocabulary)."""
-        self._tokenizer_owner = owner
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
 
     @property
     def val_domains(self) -> list[str]:
@@ -175,10 +160,6 @@ class ASRDataModule(pl.LightningDataModule):
     @property
     def augments_waveform(self) -> bool:
         return self.augment is not None and self.augment.enabled
-
-    @property
-    def sample_rate(self) -> int:
-        return SAMPLE_RATE
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -200,16 +181,11 @@ class ASRDataModule(pl.LightningDataModule):
 
     def train_dataloader(self, rank: int | None = None, world_size: int | None = None) -> DataLoader:
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
-        sampler = self._sampler(self.train_cuts(), True, rank, world_size)
-        if self._resume is not None:
-            check_resume(self._resume, world_size, self.seed)
-            sampler.fast_forward(self._resume["epoch"], self._resume["batches"])
-            self._resume = None
-        self.train_sampler = sampler
-        dataset = SpeechDataset(self.tokenizer if self.train_labels else None, labels=self.train_labels,
-                                domain=domain_id(self.domain), augment=self.augment,
-                                on_bad_input=self.on_bad_input, seed=self.seed)
-        return self._loader(dataset, sampler, "train")
+        loader = self._training_loader(self.train_cuts(), self.train_labels, self.domain, rank, world_size, "train")
+        if (resume := self._take_resume(world_size)) is not None:
+            loader.sampler.fast_forward(resume["epoch"], resume["batches"])
+        self.train_sampler = loader.sampler
+        return loader
 
     def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
         """Training batches per epoch on this rank, counted by a dry pass of the sampler (metadata only).
@@ -252,31 +228,31 @@ class ASRDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict["train_sampler"]) if state_dict.get("train_sampler") else None
 
-    # -- cuts ------------------------------------------------------------------------------------
     def describe(self) -> dict[str, str | None]:
-        """Training data per domain for run summaries/reports: ``{"source": ..., "target": ...}``."""
-        train = self.train_corpus.describe() if self.train_corpus is not None else None
-        if train is not None and not self.train_labels:
-            train += " (unlabelled)"
-        return {"source": train if self.domain != "target" else None,
-                "target": train if self.domain == "target" else None}
+        """``{"source": ..., "target": ...}``: the training corpus under this datamodule's domain."""
+        return {"source": None, "target": None, self.domain: describe_training(self.train_corpus, self.train_labels)}
 
     @property
     def labelled_target_minutes(self) -> float:
         """Minutes of labelled target-domain training audio (0 when training on the source domain)."""
         if self.domain != "target" or not self.train_labels or self.train_corpus is None:
             return 0.0
-        return sum(cut.duration for cut in self.train_cuts()) / 60.0
+        return minutes(self.train_cuts())
 
+    # -- cuts ------------------------------------------------------------------------------------
     def train_cuts(self) -> CutSet:
         """Training cuts after the label checks (labelled mode) -- what the sampler draws from."""
-        if "train" not in self._checked:
-            if self.train_corpus is None:
-                raise ValueError("ASRDataModule(train=...) was not given")
-            raw = self._corpus_cuts("train", self.train_corpus)
+        return self._train_cuts("train", self.train_corpus, self.train_labels)
+
+    def _train_cuts(self, key: str, corpus: Corpus | None, labels: bool) -> CutSet:
+        """Cuts of training corpus ``key``: label-checked when ``labels``, else as scanned (text never read)."""
+        if key not in self._checked:
+            if corpus is None:
+                raise ValueError(f"{type(self).__name__}: no training corpus was given ({key}=...)")
+            raw = self._corpus_cuts(key, corpus)
             max_speed = self.augment.max_speed if self.augments_waveform else 1.0
-            self._checked["train"] = self._check(raw, "train", max_speed, labels=self.train_labels)
-        return self._checked["train"]
+            self._checked[key] = self._check(raw, key, max_speed, labels)
+        return self._checked[key]
 
     def eval_cuts(self, split: Literal["val", "test"], name: str) -> CutSet:
         """Labelled val/test cuts of domain ``name`` (always labelled: that is the evaluation)."""
@@ -292,32 +268,38 @@ class ASRDataModule(pl.LightningDataModule):
         return self._raw[key]
 
     def _check(self, cuts: CutSet, name: str, max_speed: float, labels: bool = True) -> CutSet:
+        """Drop (or raise on) unusable utterances before sampling: durations always, labels when ``labels``."""
         kept, skipped, examples = check_labels(
             cuts, self.tokenizer if labels else None, self.frames_per_second, self.on_bad_input,
             max_speed=max_speed, name=f"{self.domain}/{name}", max_duration=self.max_duration,
             max_chars_per_second=self.max_chars_per_second)
         self.skipped[name], self.skip_examples[name] = dict(skipped), examples
         if not any(True for _ in kept):
-            raise BadInputError(name, "no_usable_utterances",
+            raise BadInputError(name, E.NO_UTTERANCES,
                                 f"every utterance was skipped: {dict(skipped)}; first: {'; '.join(examples.values())}")
         return kept
+
+    # -- bad-input report --------------------------------------------------------------------------
+    def named_corpora(self) -> dict[str, Corpus]:
+        """Every corpus of this datamodule by split name (``train``, ``val/<name>``, ``test/<name>``)."""
+        corpora = {"train": self.train_corpus, **{f"val/{n}": c for n, c in self.val_corpora.items()},
+                   **{f"test/{n}": c for n, c in self.test_corpora.items()}}
+        return {name: corpus for name, corpus in corpora.items() if corpus is not None}
 
     def load_skip_counts(self) -> Counter:
         """``{reason: n}`` of the utterances this process's loaders skipped at load time."""
         return sum((Counter(rec.counts) for rec in self.load_skips.values()), Counter())
 
     def bad_input_report(self) -> dict[str, Any]:
-        """Every bad-input count of this domain's data, for ``summary.json``.
+        """Every bad-input count of this datamodule's data, for ``summary.json``.
 
         ``scan``: per corpus, the files skipped/noted while scanning (``Corpus.skipped``/``notes``);
         ``checks``: per split, utterances dropped before sampling (labels, durations, speaking rate);
         ``load``: per loader, utterances skipped when their audio was decoded (this process);
         ``text``: the training-text character policy and its outcome.
         """
-        corpora = {"train": self.train_corpus, **{f"val/{n}": c for n, c in self.val_corpora.items()},
-                   **{f"test/{n}": c for n, c in self.test_corpora.items()}}
         scan = {name: {"skipped": dict(c.skipped), "notes": dict(c.notes)}
-                for name, c in corpora.items() if c is not None and (c.skipped or c.notes)}
+                for name, c in self.named_corpora().items() if c.skipped or c.notes}
         checks = {name: {"skipped": counts, "examples": self.skip_examples.get(name, {})}
                   for name, counts in self.skipped.items() if counts}
         load = {name: rec.to_dict() for name, rec in self.load_skips.items() if rec.total()}
@@ -325,25 +307,21 @@ class ASRDataModule(pl.LightningDataModule):
                 "text": self.text_report}
 
     def _predict_cuts(self) -> CutSet:
+        """The predict corpus's cuts, or one cut per audio file (duplicates once), checked by ``audio_file_cut``."""
         if isinstance(self.predict_source, Corpus):
             return self.predict_source.cuts(self.cache_dir)
-        cuts = []
-        for path in self.predict_source:
-            try:
-                cuts.append(Recording.from_file(path).to_cut().resample(SAMPLE_RATE))
-            except Exception as e:  # unreadable header / missing file
-                error = BadInputError(path, "unreadable_audio", f"{type(e).__name__}: {e}")
-                if self.on_bad_input == "error":
-                    raise error from e
-                self.skipped.setdefault("predict", {}).setdefault(error.reason, 0)
-                self.skipped["predict"][error.reason] += 1
-                log.warning("predict: skipped %s", error)
+        policy = E.BadInputPolicy(self.on_bad_input, "predict")
+        cuts = [cut for path in dict.fromkeys(map(str, self.predict_source))
+                if (cut := audio_file_cut(path, policy)) is not None]
+        self.skipped["predict"], self.notes["predict"] = dict(policy.skipped), dict(policy.notes)
+        self.predict_errors = list(policy.errors)
+        policy.log_summary(log)
         if not cuts:
-            raise BadInputError("predict", "no_usable_utterances", "no readable audio file given")
+            raise BadInputError("predict", E.NO_UTTERANCES, f"no usable audio file given; {policy.summary()}")
         return CutSet.from_cuts(cuts)
 
     # -- tokenizer -------------------------------------------------------------------------------
-    def _load_or_build_tokenizer(self) -> CharTokenizer | SentencePieceTokenizer:
+    def _load_or_build_tokenizer(self) -> Tokenizer:
         if self.tokenizer_path is not None:
             return load_tokenizer(self.tokenizer_path)
         if self.train_corpus is None:
@@ -362,7 +340,7 @@ class ASRDataModule(pl.LightningDataModule):
         chars, excluded = self.char_policy.split(count_chars(self.normalizer(t) for t in texts))
         if self.tokenizer_kind == "char":
             tok = CharTokenizer(chars, self.normalizer)
-        else:
+        else:  # texts using an excluded character do not train the pieces (those characters stay OOV)
             allowed = set(chars)
             kept = (t for t in texts if all(ch in allowed for ch in self.normalizer(t)))
             tok = SentencePieceTokenizer.build(kept, self.normalizer, vocab_size=self.sentencepiece_vocab_size)
@@ -386,9 +364,23 @@ class ASRDataModule(pl.LightningDataModule):
             rank=rank, world_size=world_size, even_batches=train,
         )
 
+    def _training_loader(self, cuts: CutSet, labels: bool, domain: str, rank: int, world_size: int,
+                         name: str) -> DataLoader:
+        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts), named ``name``."""
+        dataset = SpeechDataset(self.tokenizer if labels else None, labels=labels, domain=domain_id(domain),
+                                augment=self.augment, on_bad_input=self.on_bad_input, seed=self.seed)
+        return self._loader(dataset, self._sampler(cuts, True, rank, world_size), name)
+
+    def _take_resume(self, world_size: int) -> dict[str, int] | None:
+        """The sampler position restored by ``load_state_dict`` (checked against this run), once."""
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            check_resume(resume, world_size, self.seed)
+        return resume
+
     def _eval_loader(self, split: Literal["val", "test"], name: str, rank: int | None, world_size: int | None) -> DataLoader:
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
-        domain = domain_id(name) if name in DOMAIN_IDS else domain_id(self.domain)
+        domain = domain_id(name if name in DOMAIN_IDS else self.domain)  # "dev-other" etc.: this datamodule's
         dataset = SpeechDataset(self.tokenizer, labels=True, domain=domain, on_bad_input=self.on_bad_input)
         cuts = self.eval_cuts(split, name)
         check_covers_ranks(cuts, world_size, f"{self.domain}/{split}/{name}")
@@ -421,6 +413,11 @@ def check_resume(state: dict[str, int], world_size: int, seed: int) -> None:
             f"cannot resume mid-epoch: the checkpoint was written with world_size={state['world_size']}, "
             f"seed={state['seed']}, this run has world_size={world_size}, seed={seed} (the batches would differ)"
         )
+
+
+def minutes(cuts: CutSet) -> float:
+    """Total audio of ``cuts`` in minutes (one metadata pass)."""
+    return sum(cut.duration for cut in cuts) / 60.0
 
 
 def _named(corpora: dict[str, Corpus] | Corpus | None, domain: str) -> dict[str, Corpus]:

@@ -4,7 +4,7 @@ Why not ``lhotse.recipes.prepare_commonvoice``: it runs a ``ProcessPoolExecutor`
 called from a non-importable ``__main__`` and multiplies memory under DDP), prepares every split
 of a locale at once, and lets bad rows and unreadable clips fail deep inside the pool or pass
 unchecked. We keep its one good idea, ``csv.QUOTE_NONE`` (sentences contain unbalanced quotes),
-and build ``Recording`` + ``SupervisionSegment`` + ``MonoCut`` per row ourselves.
+and build ``Recording`` + ``SupervisionSegment`` + cut per row ourselves.
 
 Columns are taken from the header (releases differ: newer ones add ``sentence_id`` /
 ``sentence_domain``); ``path`` and ``sentence`` are required. A row with more or fewer fields
@@ -18,7 +18,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lhotse.cut import MonoCut
+from lhotse.cut.data import DataCut
 
 from datamodules import errors as E
 from datamodules.corpus_base import Corpus, make_cut, utf8_problem
@@ -100,7 +100,7 @@ class CommonVoiceCorpus(Corpus):
             col = header.index("path")
             yield from (stat_entry(clips / f[col], self.root) for _, f in rows if len(f) > col)
 
-    def _scan(self, state: tuple[Path, Path], policy: E.BadInputPolicy) -> list[MonoCut]:
+    def _scan(self, state: tuple[Path, Path], policy: E.BadInputPolicy) -> list[DataCut]:
         tsv, clips = state
         rows = tsv_rows(tsv)
         try:
@@ -126,7 +126,7 @@ class CommonVoiceCorpus(Corpus):
             policy.bad(tsv, E.EMPTY_TSV, "header only, no rows")
         return cuts
 
-    def _row_to_cut(self, where, columns, fields, clips, seen, ids, policy) -> MonoCut | None:
+    def _row_to_cut(self, where, columns, fields, clips, seen, ids, policy) -> DataCut | None:
         line = "\t".join(fields)
         problem = utf8_problem(line)
         if problem is not None:

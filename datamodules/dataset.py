@@ -1,6 +1,7 @@
 """``SpeechDataset`` (CutSet -> batch dict, lhotse style) and the manifest-time label checks.
 
-The sampler yields a ``CutSet`` per batch; ``dataset[cuts]`` loads the audio at 16 kHz, applies
+The sampler yields a ``CutSet`` per batch; ``dataset[cuts]`` loads the audio at ``SAMPLE_RATE``
+(multichannel cuts downmixed to mono: the mean of the channels, the one place this happens), applies
 waveform augmentation (training only), normalises + tokenises the text (labelled mode only) and
 returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
 
@@ -31,7 +32,7 @@ from lhotse.audio.backend import (LibsndfileBackend, get_current_audio_backend, 
 from torch.utils.data import Dataset
 
 from datamodules.augment import WaveformAugmentation
-from datamodules.batch import audio_key, make_batch
+from datamodules.batch import SAMPLE_RATE, audio_key, make_batch
 from datamodules.errors import DUPLICATE_ID, NON_FINITE_AUDIO, BadInputError, check_on_bad_input
 from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
 from datamodules.probe import first_line
@@ -259,7 +260,7 @@ class SpeechDataset(Dataset):
 
     def __init__(self, tokenizer: Tokenizer | None = None, labels: bool = True,
                  domain: int = 0, augment: WaveformAugmentation | None = None, on_bad_input: str = "error",
-                 sample_rate: int = 16000, seed: int = 0) -> None:
+                 sample_rate: int = SAMPLE_RATE, seed: int = 0) -> None:
         if labels and tokenizer is None:
             raise ValueError("a labelled SpeechDataset needs a tokenizer")
         self.tokenizer = tokenizer if labels else None
@@ -315,12 +316,12 @@ class SpeechDataset(Dataset):
             return self._bad(e)
 
     def _load(self, cut: Any, path: str) -> torch.Tensor | None:
-        """(T,) float32 mono waveform, or None when skipped."""
+        """(T,) float32 mono waveform (channels averaged), or None when skipped."""
         try:
             audio = torch.from_numpy(load_audio(cut)).to(torch.float32)
         except Exception as e:  # any decoder failure: name the file
             return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {first_line(e)}")) or None
-        if audio.dim() == 2:  # (channels, T): lhotse MonoCuts load (1, T)
+        if audio.dim() == 2:  # (channels, T): a MonoCut loads (1, T), a MultiCut (C, T)
             audio = audio[0] if audio.shape[0] == 1 else audio.mean(dim=0)
         finite = torch.isfinite(audio)
         if not bool(finite.all()):

@@ -4,7 +4,7 @@ Why not ``lhotse.recipes.prepare_librispeech``: it logs and drops transcript lin
 missing, never looks at FLACs that have no transcript line, reads transcripts with the platform
 encoding, and only reads headers (a truncated FLAC passes). We need every such case raised or
 counted (``on_bad_input``), so we build ``Recording`` (via ``Recording.from_file``) +
-``SupervisionSegment`` + ``MonoCut`` ourselves, with the recipe's id and speaker conventions.
+``SupervisionSegment`` + cut ourselves, with the recipe's id and speaker conventions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lhotse.cut import MonoCut
+from lhotse.cut.data import DataCut
 
 from datamodules import errors as E
 from datamodules.corpus_base import Corpus, make_cut, read_text_lines
@@ -45,11 +45,10 @@ class LibriSpeechCorpus(Corpus):
     ``root`` is the folder that contains ``LibriSpeech/`` (or the ``LibriSpeech`` folder itself).
     Cut ids are the utterance ids (``1272-128104-0000``); ``speaker`` is the speaker folder,
     supervision ``custom`` is ``{"corpus": "librispeech", "subset": ..., "chapter": ...}``.
-    Files other than 16 kHz are resampled and counted in ``notes["unexpected_sample_rate"]``.
+    Files other than ``SAMPLE_RATE`` are resampled and counted in ``notes["unexpected_sample_rate"]``.
     """
 
     corpus_name = "librispeech"
-    expected_sample_rates = (16000,)
 
     def __init__(
         self,
@@ -97,14 +96,14 @@ class LibriSpeechCorpus(Corpus):
             yield ["subset", subset]
             yield from walk_files(subset_dir, (".flac", ".trans.txt"), self.base)
 
-    def _scan(self, state: list[tuple[str, Path]], policy: E.BadInputPolicy) -> list[MonoCut]:
+    def _scan(self, state: list[tuple[str, Path]], policy: E.BadInputPolicy) -> list[DataCut]:
         cuts, first_seen = [], {}  # utterance id -> its FLAC: ids must be unique across subsets
         for subset, subset_dir in state:
             for directory, flacs, transcripts in chapter_dirs(subset_dir, policy):
                 cuts += self._scan_chapter(subset, directory, flacs, transcripts, policy, first_seen)
         return cuts
 
-    def _scan_chapter(self, subset, directory, flacs, transcripts, policy, first_seen) -> list[MonoCut]:
+    def _scan_chapter(self, subset, directory, flacs, transcripts, policy, first_seen) -> list[DataCut]:
         texts, seen = self._read_transcripts(transcripts, policy)
         audio = {p.name[: -len(".flac")]: p for p in flacs}
         custom = {"corpus": "librispeech", "subset": subset, "chapter": directory.name}

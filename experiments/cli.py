@@ -18,6 +18,7 @@ exit status 2; for a fit stopped for a SLURM requeue see ``experiments/slurm_sig
 Tools with their own arguments::
 
     speechxfer transcribe --ckpt model.ckpt audio.flac [more files or folders]
+    speechxfer lm --ckpt model.ckpt --data experiments/data/demo_source.yaml   # n-gram LM + lexicon
     speechxfer sweep experiments/sweeps/quickstart_lr.yaml --backend optuna
     speechxfer compare runs/quickstart/* --out report/
     speechxfer slurm experiments/librispeech_finetune_wav2vec2.yaml --nodes 2 --gpus-per-node 4
@@ -26,18 +27,18 @@ Tools with their own arguments::
 from __future__ import annotations
 
 import importlib
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins.io import CheckpointIO
 
 from datamodules.atomic import remove_stale_temps, write_text_atomic
+from datamodules.base import SpeechDataModule
 from experiments.errors import report_user_error
 from experiments.runs import (
     checkpoint_callbacks,
@@ -48,14 +49,15 @@ from experiments.runs import (
     resolve_run_dir,
     resume_checkpoint,
 )
-from experiments.slurm_signal import finish_for_requeue
+from experiments.slurm_signal import finish_for_requeue, in_slurm_batch_job
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 
-TOOLS = {
-    "transcribe": "experiments.transcribe:main",
-    "sweep": "experiments.sweep:main",
-    "compare": "experiments.compare:main",
-    "slurm": "experiments.slurm:main",
+TOOLS = {  # name -> module whose main(argv) runs it
+    "transcribe": "experiments.transcribe",
+    "lm": "experiments.lm",
+    "sweep": "experiments.sweep",
+    "compare": "experiments.compare",
+    "slurm": "experiments.slurm",
 }
 TRAINER_DEFAULTS = {
     # lhotse's duration samplers shard batches across ranks themselves.
@@ -63,11 +65,7 @@ TRAINER_DEFAULTS = {
 }
 
 
-def _vocab_size(datamodule) -> int:
-    return datamodule.vocab_size
-
-
-def _tokenizer_dict(datamodule) -> dict:
+def _tokenizer_dict(datamodule: SpeechDataModule) -> dict:
     return datamodule.tokenizer.to_dict()
 
 
@@ -95,7 +93,11 @@ def checkpoint_io(trainer_config: dict, run_dir: Path | None) -> list:
 
 
 class SpeechCLI(LightningCLI):
-    """LightningCLI plus run directories, default loggers/checkpoints and data → model links."""
+    """LightningCLI plus run directories, default loggers/checkpoints and the data → model tokenizer link.
+
+    ``data`` must be a ``datamodules.SpeechDataModule`` (the parser rejects other classes); the model's
+    ``tokenizer`` init argument is linked from it (the vocabulary size follows from the tokenizer).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str, default="default", help="Run group: runs/<experiment>/")
@@ -107,7 +109,6 @@ class SpeechCLI(LightningCLI):
         parser.add_argument(
             "--callbacks", type=list[Callback], default=[], help="Experiment callbacks, added to trainer.callbacks"
         )
-        parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=_vocab_size, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
@@ -155,7 +156,7 @@ class SpeechCLI(LightningCLI):
             )
         return self._instantiate_trainer(trainer_config, callbacks)
 
-    def fit(self, model: LightningModule, datamodule: LightningDataModule | None = None,
+    def fit(self, model: LightningModule, datamodule: SpeechDataModule | None = None,
             ckpt_path: str | None = None, **kwargs) -> None:
         """``Trainer.fit`` with ``--ckpt_path last`` / ``last_if_any`` resolved to the run's ``last.ckpt``."""
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=self.resume_from, **kwargs)
@@ -163,7 +164,9 @@ class SpeechCLI(LightningCLI):
     @property
     def stopped_for_requeue(self) -> bool:
         """True when ``callbacks.SlurmRequeue`` stopped this fit to be requeued."""
-        return any(getattr(cb, "stopped_for_requeue", False) for cb in self.trainer.callbacks)
+        from callbacks import SlurmRequeue
+
+        return any(isinstance(cb, SlurmRequeue) and cb.stopped_for_requeue for cb in self.trainer.callbacks)
 
 
 def default_callbacks(present: list[Callback], with_logger: bool = True) -> list[Callback]:
@@ -178,23 +181,22 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
     have = {type(cb) for cb in present}
     wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd, RandomState,
               BadInputReport, NonFiniteGuard]  # NonFiniteGuard last: it sees the gradients others synced
-    if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
-        wanted.append(SlurmRequeue)  # checkpoint + requeue on sbatch --signal=SIGUSR1@90
+    if in_slurm_batch_job():
+        wanted.append(SlurmRequeue)  # checkpoint + stop for a requeue on sbatch --signal=SIGUSR1@90
     added = [cls() for cls in wanted if cls not in have]
     if with_logger and LearningRateMonitor not in have:  # lr/<param group> every log_every_n_steps
         added.append(LearningRateMonitor(logging_interval="step"))
     return added
 
 
-def run_tags(model: LightningModule, datamodule: LightningDataModule) -> list[str]:
-    """W&B tags: method, backbone and data domains."""
-    tags = [f"method:{getattr(model, 'method', type(model).__name__)}"]
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None:
-        tags.append(f"backbone:{getattr(backbone, 'name', type(backbone).__name__)}")
-    for domain in getattr(datamodule, "val_domains", []) or []:
-        tags.append(f"domain:{domain}")
-    return tags
+def run_tags(model: LightningModule, datamodule: SpeechDataModule) -> list[str]:
+    """W&B tags: method (the module's class name), backbone and validation domains."""
+    from callbacks.run_summary import describe_backbone
+
+    tags = [f"method:{type(model).__name__}"]
+    if (backbone := describe_backbone(model)) is not None:
+        tags.append(f"backbone:{backbone['name']}")
+    return tags + [f"domain:{domain}" for domain in datamodule.val_domains]
 
 
 def build_cli(
@@ -210,7 +212,7 @@ def build_cli(
     """
     return (cli_class or SpeechCLI)(
         LightningModule,
-        LightningDataModule,
+        SpeechDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
@@ -220,11 +222,6 @@ def build_cli(
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         parser_kwargs={"default_env": False, "exit_on_error": exit_on_error},
     )
-
-
-def _load_tool(spec: str) -> Callable[[list[str]], int | None]:
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] in TOOLS:
-            return int(_load_tool(TOOLS[args[0]])(args[1:]) or 0)
+            return int(importlib.import_module(TOOLS[args[0]]).main(args[1:]) or 0)
         cli = build_cli(None if argv is None else args)
     except Exception as err:
         finish_wandb_run(exit_code=1)

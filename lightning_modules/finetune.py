@@ -13,16 +13,15 @@ state) and ``GradualUnfreezing`` treats it as pinned (never unfrozen, even by ``
 from __future__ import annotations
 
 from lightning_modules.backbones.base import Backbone
-
 from lightning_modules.ctc import CTCModule
 
 
 class FineTuneCTC(CTCModule):
     """``CTCModule`` + optional permanently frozen feature encoder; other args as ``CTCModule``."""
 
-    def __init__(self, backbone: Backbone, vocab_size: int, freeze_feature_encoder: bool = False,
+    def __init__(self, backbone: Backbone, tokenizer: dict, freeze_feature_encoder: bool = False,
                  feature_encoder_group: str = "feature_extractor", **kwargs) -> None:
-        super().__init__(backbone, vocab_size, **kwargs)
+        super().__init__(backbone, tokenizer, **kwargs)
         if freeze_feature_encoder:
             groups = dict(self.backbone.layer_groups())
             if feature_encoder_group not in groups:

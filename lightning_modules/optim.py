@@ -30,6 +30,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from datamodules.base import speech_datamodule
+
 DECAYS = ("linear", "cosine", "constant")
 
 
@@ -72,10 +74,11 @@ def total_optimizer_steps(trainer: Any) -> float:
     Returns ``inf`` when neither is known (the schedules then hold their peak value).
     """
     estimate = trainer.estimated_stepping_batches  # also sets up the train loader (num_training_batches)
-    count = getattr(trainer.datamodule, "train_batches_per_epoch", None)
-    if trainer.max_epochs in (None, -1) or math.isfinite(trainer.num_training_batches) or count is None:
+    datamodule = speech_datamodule(trainer)
+    if trainer.max_epochs in (None, -1) or math.isfinite(trainer.num_training_batches) or datamodule is None:
         return float(estimate) if estimate > 0 else math.inf
-    total = math.ceil(count() / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    per_epoch = math.ceil(datamodule.train_batches_per_epoch() / trainer.accumulate_grad_batches)
+    total = per_epoch * max(trainer.max_epochs, 1)
     return float(min(total, trainer.max_steps) if trainer.max_steps > 0 else total)
 
 

@@ -9,8 +9,9 @@
     shared_workdir / shared_quickstart_run   per-session artefacts shared by the CLI test modules
 
 Callbacks the tests inject through configs (subprocesses import them via ``PYTHONPATH``):
-``DumpTrainState`` (per-step batch ids / epoch / trainable set, per-rank final parameters) and
-``Throttle`` (sleeps before each step from a given step on: a window for SIGKILL).
+``DumpTrainState`` (per-step batch ids / epoch / trainable set, per-rank final parameters),
+``Throttle`` (sleeps before each step from a given step on: a window for SIGKILL) and
+``TranscriptRecorder`` (the transcripts of a ``speechxfer test`` run).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class TinySubstitutions:
 
     def _ASRDataModule(self, args: dict) -> dict:  # noqa: N802
         return {**args, "num_workers": 0}
+
+    _DomainAdaptationDataModule = _ASRDataModule  # noqa: N815
 
     def _TorchaudioBackbone(self, args: dict) -> dict:  # noqa: N802
         bundle = args.get("bundle", "WAV2VEC2_BASE")
@@ -304,6 +307,22 @@ class DumpTrainState(pl.Callback):
             "global_step": trainer.global_step,
         }
         torch.save(state, self._out(trainer) / f"train_state_rank{trainer.global_rank}.pt")
+
+
+class TranscriptRecorder(pl.Callback):
+    """Writes ``{utterance id: transcript}`` of a ``speechxfer test`` run to ``path`` (JSON) at test end.
+
+    Reads the ``{"ids", "transcripts"}`` that ``CTCModule.test_step`` returns.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path, self.transcripts = path, {}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.transcripts.update(zip(outputs["ids"], outputs["transcripts"]))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(json.dumps(self.transcripts))
 
 
 def batch_ids(batch: Any) -> list[str]:

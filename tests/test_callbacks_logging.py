@@ -119,7 +119,7 @@ def wandb_run(tmp_path_factory):
         mp.setenv(var, str(save_dir / sub))  # artifact staging (table media) stays in tmp
     pl.seed_everything(0, verbose=False)
     dm = TinyDataModule(n_train=8, batch_size=4, n_val=3, val_domains=("source", "target"))
-    module = FineTuneCTC(make_tiny_backbone(), char_tokenizer().vocab_size, featurizer="weighted", dropout=0.0)
+    module = FineTuneCTC(make_tiny_backbone(), char_tokenizer().to_dict(), featurizer="weighted", dropout=0.0)
     logger = WandbLogger(save_dir=str(save_dir), offline=True, project="speechxfer-test")
     trainer = pl.Trainer(callbacks=[WandbValidationSamples(num_samples=2), WandbLayerWeights()], max_steps=2,
                          num_sanity_val_steps=0, **{**QUIET, "logger": logger})

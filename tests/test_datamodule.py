@@ -253,14 +253,16 @@ def test_predict_from_audio_paths(corpus, tmp_path):
     dm = make_dm(corpus, predict=[str(flac), str(mp3)])
     batches = list(dm.predict_dataloader())
     check_batch(batches[0], labels=False)
-    lengths = {i: int(n) for b in batches for i, n in zip(b["ids"], b["lengths"])}
-    assert lengths[flac.stem] == sf.info(flac).frames
-    assert abs(lengths[mp3.stem] - round(sf.info(mp3).duration * 16000)) <= 16  # resampled 48k -> 16k
+    lengths = {i: int(n) for b in batches for i, n in zip(b["ids"], b["lengths"])}  # cut id = the path as given
+    assert lengths[str(flac)] == sf.info(flac).frames
+    assert abs(lengths[str(mp3)] - round(sf.info(mp3).duration * 16000)) <= 16  # resampled 48k -> 16k
+    assert dm.notes["predict"] == {}  # any rate is expected of user files (resampled all the same)
     with pytest.raises(BadInputError, match="missing.flac"):
         list(make_dm(corpus, predict=[str(flac), str(tmp_path / "missing.flac")]).predict_dataloader())
     lenient = make_dm(corpus, predict=[str(flac), str(tmp_path / "missing.flac")], on_bad_input="skip")
-    assert [i for b in lenient.predict_dataloader() for i in b["ids"]] == [flac.stem]
-    assert lenient.skipped["predict"] == {"unreadable_audio": 1}
+    assert [i for b in lenient.predict_dataloader() for i in b["ids"]] == [str(flac)]
+    assert lenient.skipped["predict"] == {"missing_file": 1}
+    assert [str(e) for e in lenient.predict_errors] == [f"{tmp_path / 'missing.flac'}: missing_file: no such file"]
 
 
 # -- construction from a config ------------------------------------------------------------------

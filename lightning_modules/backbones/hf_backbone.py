@@ -22,8 +22,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .base import Backbone, BackboneOutput, lengths_to_mask, load_state_dict_checked, module_group, zero_padding
-from .torchaudio_backbone import normalize_waveform
+from datamodules.batch import lengths_to_mask
+
+from .base import Backbone, BackboneOutput, load_state_dict_checked, masked_normalize, module_group, zero_padding
 
 
 def require_transformers():
@@ -94,7 +95,7 @@ class HFBackbone(Backbone):
         lengths = lengths.to(audio.device)
         frames = self.check_output_lengths(lengths)
         if self.normalize_input:
-            audio = normalize_waveform(audio, lengths)
+            audio = masked_normalize(audio, lengths)
         mask = lengths_to_mask(lengths, audio.size(1)).long()
         out = self.model(audio, attention_mask=mask, output_hidden_states=True)
         return BackboneOutput(tuple(zero_padding(h, frames) for h in out.hidden_states), frames)

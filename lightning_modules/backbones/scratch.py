@@ -17,16 +17,9 @@ import torchaudio
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .base import Backbone, BackboneOutput, lengths_to_mask, module_group, zero_padding
+from datamodules.batch import SAMPLE_RATE, lengths_to_mask
 
-
-def masked_cmvn(feats: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per-utterance, per-bin mean/variance normalisation over valid frames; (B, T, F) -> (B, T, F)."""
-    mask = lengths_to_mask(lengths, feats.size(1)).unsqueeze(-1).to(feats.dtype)
-    n = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
-    mean = (feats * mask).sum(1, keepdim=True) / n
-    var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
-    return (feats - mean) * torch.rsqrt(var + eps) * mask
+from .base import Backbone, BackboneOutput, masked_normalize, module_group, zero_padding
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -74,7 +67,7 @@ class ScratchEncoder(Backbone):
         num_heads: int = 4,
         ffn_dim: int | None = None,
         conv_kernel: int = 15,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
     ) -> None:
         super().__init__()
         if subsampling not in (1, 2, 4, 8):
@@ -133,7 +126,7 @@ class ScratchEncoder(Backbone):
         mel_lengths = torch.div(lengths - self.win, self.hop, rounding_mode="floor") + 1
         with torch.autocast(device_type=audio.device.type, enabled=False):
             feats = (self.mel(audio.float()) + 1e-6).log().transpose(1, 2)  # (B, T_mel, n_mels)
-            return masked_cmvn(feats, mel_lengths), mel_lengths
+            return masked_normalize(feats, mel_lengths), mel_lengths  # CMVN over valid frames
 
     def forward(self, audio: Tensor, lengths: Tensor) -> BackboneOutput:
         """audio (B, T), lengths (B,) -> ``num_layers`` hidden states (B, T', hidden), lengths (B,)."""

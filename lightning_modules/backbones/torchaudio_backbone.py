@@ -42,13 +42,14 @@ from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.pipelines._wav2vec2.impl import Wav2Vec2Bundle
 
 from datamodules.atomic import torch_save_atomic
+from datamodules.batch import lengths_to_mask
 
 from .base import (
     Backbone,
     BackboneOutput,
     file_sha1,
-    lengths_to_mask,
     load_state_dict_checked,
+    masked_normalize,
     module_group,
     zero_padding,
 )
@@ -66,15 +67,6 @@ def get_bundle(name: str) -> Wav2Vec2Bundle:
     if not isinstance(bundle, Wav2Vec2Bundle):
         raise ValueError(f"unknown torchaudio wav2vec2-family bundle {name!r}; available: {available_bundles()}")
     return bundle
-
-
-def normalize_waveform(audio: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per-utterance zero-mean unit-variance over valid samples; (B, T) -> (B, T), padding stays 0."""
-    mask = lengths_to_mask(lengths, audio.size(1)).to(audio.dtype)
-    n = lengths.clamp(min=1).to(audio.dtype)[:, None]
-    mean = (audio * mask).sum(1, keepdim=True) / n
-    var = (((audio - mean) * mask) ** 2).sum(1, keepdim=True) / n
-    return (audio - mean) * torch.rsqrt(var + eps) * mask
 
 
 class TorchaudioBackbone(Backbone):
@@ -152,7 +144,7 @@ class TorchaudioBackbone(Backbone):
         lengths = lengths.to(audio.device)
         frames = self.check_output_lengths(lengths)
         if self.normalize_input:
-            audio = normalize_waveform(audio, lengths)
+            audio = masked_normalize(audio, lengths)  # per utterance, valid samples only
         features, _ = self.model.feature_extractor(audio, None)  # (B, T', C)
         x, attention_mask = self.model.encoder._preprocess(features, frames)  # zeroes padded frames
         transformer = self.model.encoder.transformer

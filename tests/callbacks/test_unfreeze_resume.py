@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import pytorch_lightning as pl
-import pytest
 
 from callbacks import GradualUnfreezing
 from lightning_modules.finetune import FineTuneCTC
@@ -16,7 +15,7 @@ SCHEDULE = {0: ["head"], 2: ["top:1"]}
 
 
 def fit(tmp_path, max_steps, ckpt_path=None):
-    module = FineTuneCTC(make_tiny_backbone(), char_tokenizer().vocab_size, dropout=0.0)
+    module = FineTuneCTC(make_tiny_backbone(), char_tokenizer().to_dict(), dropout=0.0)
     saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = pl.Trainer(max_steps=max_steps, callbacks=[GradualUnfreezing(SCHEDULE, unit="step"), saver],
                          **{**QUIET, "enable_checkpointing": True})

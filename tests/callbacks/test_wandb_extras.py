@@ -29,7 +29,7 @@ def offline_run(tmp_path_factory):
         mp.setenv(var, str(save_dir / sub))
     pl.seed_everything(0, verbose=False)
     dm = TinyDataModule(n_train=4, batch_size=2, n_val=3, val_domains=("source", "target"))
-    module = FineTuneCTC(make_tiny_backbone(), char_tokenizer().vocab_size, dropout=0.0)
+    module = FineTuneCTC(make_tiny_backbone(), char_tokenizer().to_dict(), dropout=0.0)
     logger = WandbLogger(save_dir=str(save_dir), offline=True, project="speechxfer-test")
     trainer = pl.Trainer(callbacks=[WandbValidationSamples(num_samples=2)], max_steps=2, num_sanity_val_steps=0,
                          **{**QUIET, "logger": logger})

@@ -152,7 +152,7 @@ DATA_CASES = [
     DataCase("corrupt FLAC", "ls", "unreadable_audio", lambda r: _rewrite(ls_flac(r), lambda b: b[:4] + bytes(len(b)))),
     DataCase("truncated FLAC", "ls", "truncated_audio", lambda r: _rewrite(ls_flac(r), lambda b: b[: len(b) // 2])),
     DataCase("0-byte FLAC", "ls", "empty_file", lambda r: _rewrite(ls_flac(r), lambda b: b"")),
-    DataCase("stereo FLAC", "ls", "multichannel_audio", _stereo),
+    DataCase("stereo FLAC (downmixed)", "ls", "multichannel_audio", _stereo, note=True),
     DataCase("8 kHz FLAC (resampled)", "ls", "unexpected_sample_rate",
              lambda r: (sf.write(ls_flac(r), tone_speech("cat", 8000), 8000) or ls_flac(r), None), note=True),
     DataCase("FLAC decodes at scan, fails mid-file", "ls", "audio_decode_failed", _long_mid_break),
