@@ -12,6 +12,8 @@ plus command-line overrides, then evaluated on the source and target TEST sets w
     (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
     (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal; starts from the
                                          source model (b) (``--set dann_init=scratch``: random init)
+    (f) replay       demo_finetune.yaml  as (c), with source replay: each epoch muxes the target subset with a
+                                         slice of the source training set (``replay_ratio`` of the audio)
 
 Data (``--corpus``): ``tone`` (default) generates a source/target pair of "tone speech"
 (``benchmarks/tone_pair.py``: LibriSpeech layout source, Common Voice layout MP3 target with a shifted
@@ -78,6 +80,7 @@ class Settings:
     dann_init: str = "source"    # (e) starts from the source model (b) ("source") or from random init ("scratch")
     dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (as demo_dann.yaml)
     dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
+    replay_ratio: float = 0.3    # (f) share of each epoch's audio replayed from the source training set
     beam_size: int = 50          # test also with beam search + lexicon + LM (0: greedy only)
     lm_order: int = 3            # n-gram order of the LM from the source training transcripts
     lm_weight: float = 1.0
@@ -105,6 +108,7 @@ METHODS = [
     Method("c_finetune", "demo_finetune.yaml", "target_subset", needs_source=True, label="(c) fine-tune, staged"),
     Method("d_frozen", "demo_frozen.yaml", "target_subset", needs_source=True, label="(d) frozen + head"),
     Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),  # after (b)
+    Method("f_replay", "demo_finetune.yaml", "target_replay", needs_source=True, label="(f) fine-tune + source replay"),
 ]
 
 
@@ -137,24 +141,24 @@ def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dic
         "domain": domain, "train": train,
         "val": {first: c[f"{first}_dev"], second: c[f"{second}_dev"]},
         "test": {first: c[f"{first}_test"], second: c[f"{second}_test"]},
-        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0,
-        "frames_per_second": 100 / s.subsampling, "cache_dir": str(cache),
+        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0, "cache_dir": str(cache),
         "tokenizer_path": str(cache / "tokenizer.json")}}
 
 
 def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
-    """data_source.yaml, data_target_subset.yaml, data_dann.yaml under ``out/configs``."""
+    """data_source.yaml, data_target_subset.yaml, data_dann.yaml, data_target_replay.yaml under ``out/configs``."""
     cache = out / "cache"
     subset = c["target_subset"](s.target_minutes)
     common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
-              "frames_per_second": 100 / s.subsampling,
               "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
     dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
         "source_train": c["source_train"], "target_train": c["target_train"], "target_labels": False,
         "val": {"source": c["source_dev"], "target": c["target_dev"]},
         "test": {"source": c["source_test"], "target": c["target_test"]}, **common}}
+    replay = asr_data("target", subset, c, s, cache)
+    replay["init_args"].update(replay=c["source_train"], replay_ratio=s.replay_ratio)
     configs = {"source": asr_data("source", c["source_train"], c, s, cache),
-               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann}
+               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann, "target_replay": replay}
     return {k: write_yaml(out / "configs" / f"data_{k}.yaml", v) for k, v in configs.items()}
 
 
@@ -215,11 +219,11 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         args += ["--model.init_args.backbone.init_args.subsampling", str(s.subsampling)]
     if m.key == "e_dann":
         args += ["--model.init_args.lambda_max", str(s.dann_lambda), "--model.init_args.domain_level", s.dann_level]
-    if m.key == "c_finetune":  # the demo schedule in epochs, stretched to this budget: head, +top layer, all
+    if m.key in ("c_finetune", "f_replay"):  # the demo schedule in epochs, stretched to this budget: head, +top, all
         schedule = {0: ["head"], max(1, epochs // 5): ["top:1"], max(2, 2 * epochs // 5): ["all"]}
         override = {"callbacks": [{"class_path": "callbacks.GradualUnfreezing", "init_args": {
             "unit": "epoch", "schedule": schedule, "warmup_steps": 10}}]}
-        args += ["--config", str(write_yaml(out / "configs" / "finetune_schedule.yaml", override))]
+        args += ["--config", str(write_yaml(out / "configs" / f"{m.key}_schedule.yaml", override))]
     if m.key == "d_frozen":
         args += ["--model.init_args.feature_cache_dir", str(out / "feature_cache")]
     return args

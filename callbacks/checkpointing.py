@@ -7,7 +7,7 @@ train end whenever the final step is not the one last saved. (A run that fails -
 an exception -- never reaches train end: its ``last.ckpt`` stays the last good state.)
 
 ``BestCheckpoint``: keeps the single best checkpoint by ``monitor`` (lowest), breaking ties with
-``tie_breakers`` in order (default: the same domain's CER, then loss). While every validation
+``tie_breakers`` in order (default: the same domain's CER, then loss; for a CER monitor, the loss). While every validation
 reads WER 1.00 (early training, a hard target), the checkpoint then still follows the falling CER
 instead of staying at the first validation. Missing or NaN values count as +inf.
 """
@@ -38,9 +38,10 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 def default_tie_breakers(monitor: str) -> list[str]:
-    """``val/<domain>/wer`` -> ``[val/<domain>/cer, val/<domain>/loss]``; other metrics: none."""
+    """``val/<domain>/wer`` -> ``[val/<domain>/cer, val/<domain>/loss]``; ``.../cer`` (languages written
+    without spaces) -> ``[.../loss]``; other metrics: none."""
     prefix, _, name = monitor.rpartition("/")
-    return [f"{prefix}/cer", f"{prefix}/loss"] if name == "wer" else []
+    return {"wer": [f"{prefix}/cer", f"{prefix}/loss"], "cer": [f"{prefix}/loss"]}.get(name, [])
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -7,12 +7,13 @@ returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
 
 Bad input (``on_bad_input``): ``"error"`` raises ``BadInputError`` naming the utterance/file and
 the reason; ``"skip"`` drops the utterance, counts it per reason (``.skipped``) and logs it.
-Label problems, clips longer than a batch (``max_duration``) and implausible speaking rates are found
-before sampling by ``check_labels`` so the sampler never builds a batch around an unusable utterance;
-audio that fails to decode (or decodes to NaN/inf) can only be found at load time. Load-time skips
-travel with the batch (``batch["load_skips"]``, a :class:`LoadSkips` record, so counts from DataLoader
-workers reach the main process); ``sampling.CountingDataLoader`` removes the record, sums it and drops
-a batch whose every utterance was skipped: a skip-mode run never stops on bad audio.
+Label problems (and clips too short for their CTC label, counted with the model backbone's exact
+frames, ``ctc_check``), clips longer than a batch (``max_duration``) and implausible speaking rates are
+found before sampling by ``check_labels`` so the sampler never builds a batch around an unusable
+utterance; audio that fails to decode (or decodes to NaN/inf) can only be found at load time. Load-time
+skips travel with the batch (``batch["load_skips"]``, a :class:`LoadSkips` record, so counts from
+DataLoader workers reach the main process); ``sampling.CountingDataLoader`` removes the record, sums it
+and drops a batch whose every utterance was skipped: a skip-mode run never stops on bad audio.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.utils import compute_num_samples
 from lhotse.audio.backend import (LibsndfileBackend, get_current_audio_backend, get_default_audio_backend,
                                   set_current_audio_backend)
 from torch.utils.data import Dataset
 
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import SAMPLE_RATE, audio_key, make_batch
+from datamodules.ctc_check import FrameCounter, frames_and_needs
 from datamodules.errors import DUPLICATE_ID, NON_FINITE_AUDIO, BadInputError, check_on_bad_input
 from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
 from datamodules.probe import first_line
@@ -107,12 +110,6 @@ def cut_path(cut: Any) -> str:
     return recording.sources[0].source if recording is not None else f"<{type(cut).__name__} {cut.id}>"
 
 
-def ctc_min_frames(token_ids: list[int]) -> int:
-    """Fewest encoder frames a CTC alignment needs: one per token plus a blank between repeats."""
-    repeats = sum(a == b for a, b in zip(token_ids, token_ids[1:]))
-    return len(token_ids) + repeats
-
-
 def encode_label(cut: Any, tokenizer: Tokenizer) -> tuple[str, list[int]]:
     """(normalised text, token ids); raises ``BadInputError`` naming the utterance and its file.
 
@@ -165,33 +162,24 @@ def duration_problem(cut: Any, max_duration: float | None, max_speed: float = 1.
                          "raise max_duration or cut the recording")
 
 
-def label_problem(cut: Any, tokenizer: Tokenizer, frames_per_second: float,
-                  max_speed: float = 1.0, max_chars_per_second: float | None = None) -> BadInputError | None:
-    """The reason ``cut`` cannot be a CTC training example, or ``None``.
-
-    A clip of ``d`` seconds gives ``floor(d / max_speed * frames_per_second)`` encoder frames
-    (``max_speed`` > 1 when speed perturbation may shorten it); CTC needs ``ctc_min_frames``.
-    More than ``max_chars_per_second`` normalised characters per second of audio (None: no check) is
-    an implausible speaking rate: truncated audio or the wrong transcript.
-    """
-    try:
-        text, ids = encode_label(cut, tokenizer)
-    except BadInputError as e:
-        return e
-    where = f"utterance {cut.id!r} ({cut_path(cut)})"
-    frames = int(cut.duration / max_speed * frames_per_second)
-    if frames < ctc_min_frames(ids):
-        return BadInputError(
-            where, TOO_SHORT,
-            f"{cut.duration:.3f} s gives {frames} frames at {frames_per_second:g}/s "
-            f"(speed <= {max_speed:g}) but its {len(ids)}-token label needs {ctc_min_frames(ids)}",
-        )
+def rate_problem(cut: Any, text: str, max_chars_per_second: float | None) -> BadInputError | None:
+    """More than ``max_chars_per_second`` normalised characters per second of audio (None: no check): an
+    implausible speaking rate -- truncated audio (e.g. an MP3 cut short without an Info/Xing tag) or the
+    wrong transcript."""
     rate = len(text) / max(cut.duration, 1e-6)
-    if max_chars_per_second is not None and rate > max_chars_per_second:
-        return BadInputError(where, FAST_SPEECH,
-                             f"{len(text)} characters in {cut.duration:.2f} s = {rate:.1f}/s > max_chars_per_second="
-                             f"{max_chars_per_second:g} (audio cut short, or the wrong transcript?)")
-    return None
+    if max_chars_per_second is None or rate <= max_chars_per_second:
+        return None
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", FAST_SPEECH,
+                         f"{len(text)} characters in {cut.duration:.2f} s = {rate:.1f}/s > max_chars_per_second="
+                         f"{max_chars_per_second:g} (audio cut short, or the wrong transcript?)")
+
+
+def too_short(cut: Any, ids: list[int], frames: int, needed: int, max_speed: float) -> BadInputError:
+    """The error of a clip whose encoder frames (exact, from the backbone) cannot hold its CTC label."""
+    speed = f" at speed {max_speed:g}" if max_speed != 1.0 else ""
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
+                         f"{cut.duration:.3f} s gives {frames} encoder frames{speed} but its {len(ids)}-token "
+                         f"label needs {needed}")
 
 
 class ExcludeIds:
@@ -204,45 +192,77 @@ class ExcludeIds:
         return cut.id not in self.ids
 
 
-def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, frames_per_second: float,
+def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, output_lengths: FrameCounter | None,
                  on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts",
-                 max_duration: float | None = None,
+                 chunk: int = 2048, max_duration: float | None = None,
                  max_chars_per_second: float | None = None) -> tuple[CutSet, Counter, dict[str, str]]:
     """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable utterances.
 
-    Checks every cut's duration against ``max_duration`` and, with a ``tokenizer`` (labelled data),
-    its label (``label_problem``). Clips longer than ``max_duration`` and implausible speaking rates
-    (``ALWAYS_SKIPPED``) are counted skips under either policy. Returns the kept cuts, the per-reason
-    skip counts and the first skip message per reason. Nothing dropped: ``cuts`` itself. Else a lazily opened manifest written
-    next to the one ``cuts`` reads (``derive_manifest``; it keeps ``len()``), or an in-memory filter
-    of a CutSet that was not read from a file. A cut id seen twice is a ``duplicate_id`` problem.
+    Every cut: longer than ``max_duration``, or an id seen twice (``duplicate_id``). With a ``tokenizer``
+    (labelled data): labels that do not encode (OOV, empty), implausible speaking rates
+    (``max_chars_per_second``) and, when ``output_lengths`` (the model backbone's exact frame count,
+    ``ctc_check``) is given, clips too short for their CTC label (at the fastest speed perturbation
+    ``max_speed``); the frames of ``chunk`` utterances are counted in one call. Too long and too fast
+    (``ALWAYS_SKIPPED``) are counted skips under either policy.
+
+    Returns the kept cuts, the per-reason skip counts and the first skip message per reason. Nothing
+    dropped: ``cuts`` itself. Else a lazily opened manifest written next to the one ``cuts`` reads
+    (``derive_manifest``; it keeps ``len()``), or an in-memory filter of a CutSet not read from a file.
     """
     check_on_bad_input(on_bad_input)
     bad: set[str] = set()
     seen: set[str] = set()
     skipped: Counter = Counter()
     examples: dict[str, str] = {}
-    for cut in cuts:
-        problem = duration_problem(cut, max_duration, max_speed)
-        if problem is None and cut.id in seen:
-            problem = BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", DUPLICATE_ID,
-                                    "the manifest holds this utterance id more than once")
-        if problem is None and tokenizer is not None:
-            problem = label_problem(cut, tokenizer, frames_per_second, max_speed, max_chars_per_second)
-        seen.add(cut.id)
-        if problem is None:
-            continue
+
+    def report(cut: Any, problem: BadInputError) -> None:
         if on_bad_input == "error" and problem.reason not in ALWAYS_SKIPPED:
             raise problem
         bad.add(cut.id)
         skipped[problem.reason] += 1
         examples.setdefault(problem.reason, str(problem))
         log.debug("%s: skipped %s", name, problem)
+
+    def check_lengths(pending: list[tuple[Any, str, list[int]]]) -> None:
+        """Too short for CTC (exact frames) first: the precise reason wins over the speaking-rate suspicion."""
+        samples = [compute_num_samples(cut.duration, SAMPLE_RATE) for cut, _, _ in pending]
+        frames, needs = frames_and_needs(samples, [ids for _, _, ids in pending], output_lengths, max_speed)
+        for (cut, text, ids), n, need in zip(pending, frames, needs):
+            problem = too_short(cut, ids, n, need, max_speed) if n < need else rate_problem(cut, text,
+                                                                                           max_chars_per_second)
+            if problem is not None:
+                report(cut, problem)
+
+    pending: list[tuple[Any, str, list[int]]] = []
+    for cut in cuts:
+        problem = duration_problem(cut, max_duration, max_speed)
+        if problem is None and cut.id in seen:
+            problem = BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", DUPLICATE_ID,
+                                    "the manifest holds this utterance id more than once")
+        seen.add(cut.id)
+        if problem is None and tokenizer is not None:
+            try:
+                text, ids = encode_label(cut, tokenizer)
+            except BadInputError as error:
+                problem = error
+            else:
+                if output_lengths is not None:
+                    pending.append((cut, text, ids))
+                    if len(pending) == chunk:
+                        check_lengths(pending)
+                        pending = []
+                    continue
+                problem = rate_problem(cut, text, max_chars_per_second)
+        if problem is not None:
+            report(cut, problem)
+    if pending:
+        check_lengths(pending)
     if skipped:
         log.warning("%s: skipped %d utterance(s) (%s) - first of each: %s", name, sum(skipped.values()),
                     ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())),
                     "; ".join(examples[r] for r in sorted(examples)))
-    return (derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts), skipped, examples
+    kept = derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts
+    return kept, skipped, examples
 
 
 class SpeechDataset(Dataset):

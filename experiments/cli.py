@@ -39,13 +39,13 @@ from pytorch_lightning.plugins.io import CheckpointIO
 
 from datamodules.atomic import remove_stale_temps, write_text_atomic
 from datamodules.base import SpeechDataModule
+from datamodules.locales import monitored_metric
 from experiments.errors import report_user_error
 from experiments.runs import (
     checkpoint_callbacks,
     default_loggers,
     is_launching_process,
     link_latest,
-    monitored_metric,
     resolve_run_dir,
     resume_checkpoint,
 )

@@ -36,7 +36,8 @@ COLUMNS = [
     ("run", "run"), ("method", "method"), ("backbone", "backbone"), ("source_data", "source data"),
     ("target_data", "target data"), ("minutes", "labelled target min"), ("params", "trainable params"),
     ("source_wer", "source WER %"), ("source_cer", "source CER %"),
-    ("target_wer", "target WER %"), ("target_cer", "target CER %"), ("wall_time", "wall time"),
+    ("target_wer", "target WER %"), ("target_cer", "target CER %"), ("headline", "headline"),
+    ("wall_time", "wall time"),
 ]
 FIGURES = ("wer_curves.png", "target_wer_vs_minutes.png")
 PERCENT = ("source_wer", "source_cer", "target_wer", "target_cer")
@@ -55,8 +56,12 @@ def columns(records: list[RunRecord]) -> list[tuple[str, str]]:
 
 
 def sort_key(record: RunRecord) -> tuple:
-    """Runs with a target WER first, by best target WER; then the others by best source WER."""
-    target, source = record.best_of("target"), record.best_of("source")
+    """Runs with a target headline metric first, by its best value; then the others by the source's.
+
+    The headline is WER, or CER for languages written without spaces (``summary.json``'s ``headline_metric``).
+    """
+    kind = record.headline_kind
+    target, source = record.best_of("target", kind), record.best_of("source", kind)
     wer = source if target is None else target
     return (target is None, math.inf if wer is None else wer, record.name)
 
@@ -69,7 +74,7 @@ def raw_row(record: RunRecord) -> dict[str, object]:
         "minutes": record.labelled_target_minutes, "params": record.trainable_params,
         "source_wer": record.best_of("source", "wer"), "source_cer": record.best_of("source", "cer"),
         "target_wer": record.best_of("target", "wer"), "target_cer": record.best_of("target", "cer"),
-        "wall_time": record.wall_time_s,
+        "headline": record.headline_kind.upper(), "wall_time": record.wall_time_s,
     }
 
 

@@ -54,12 +54,18 @@ class RunRecord:
     trainable_params: int | None = None
     wall_time_s: float | None = None
     status: str | None = None
+    headline_metric: str | None = None  # "val/<domain>/<wer|cer>" from summary.json (CER: no-space languages)
     best: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def best_of(self, domain: str, kind: str = "wer", family: str = "val") -> float | None:
         """Best ``<family>/<domain>/<kind>``; family "val", "test", "test_beam", ..."""
         return self.best.get(f"{family}/{domain}/{kind}")
+
+    @property
+    def headline_kind(self) -> str:
+        """"cer" when the run's headline metric is a CER (languages written without spaces), else "wer"."""
+        return "cer" if (self.headline_metric or "").endswith("/cer") else "wer"
 
     def primary_curve(self) -> tuple[str, list[tuple[int, float]]] | None:
         """The target WER curve if logged, else the source WER curve, else any WER curve."""
@@ -151,6 +157,7 @@ def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.trainable_params = summary.get("trainable_params", record.trainable_params)
     record.wall_time_s = summary.get("wall_time_s", record.wall_time_s)
     record.status = summary.get("status", record.status)
+    record.headline_metric = summary.get("headline_metric", record.headline_metric)
     for name, best in (summary.get("best") or {}).items():
         record.best[name] = float(best["value"] if isinstance(best, dict) else best)
 

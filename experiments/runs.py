@@ -31,8 +31,6 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from callbacks.checkpointing import BestCheckpoint, LastCheckpoint
 from datamodules.atomic import write_text_atomic
 
-from datamodules.base import SpeechDataModule
-
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "SPEECHXFER_RUN_DIR"
 WANDB_ID_FILE = "wandb_id"
@@ -190,12 +188,3 @@ def checkpoint_callbacks(run_dir: Path, monitor: str | None, every_n_steps: int)
         return [last]
     best = BestCheckpoint(monitor, dirpath=ckpt_dir, filename="best-{step}", auto_insert_metric_name=False)
     return [best, last]
-
-
-def monitored_metric(datamodule: SpeechDataModule) -> str | None:
-    """``val/target/wer`` when the datamodule validates a target domain, else its first val domain's WER."""
-    domains = datamodule.val_domains
-    if not domains:
-        return None
-    name = "target" if "target" in domains else domains[0]
-    return f"val/{name}/wer"

@@ -10,8 +10,9 @@ transcript -- validation/test WER, ``predict_step``, ``transcribe`` -- comes fro
 
 CTC loss convention: per utterance ``loss / max(target_length, 1)``, averaged over the
 utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
-``zero_infinity=True``; utterances whose alignment is impossible (too few frames) contribute 0
-and are counted in ``train/ctc_infeasible``.
+``zero_infinity=True``; utterances whose alignment is impossible (too few frames, the rule of
+``datamodules.ctc_check``, which the data layer also applies) contribute 0 and are counted in
+``train/ctc_infeasible``.
 
 Decoding (``lightning_modules/decoding.py``): greedy everywhere by default (training-time validation
 included). ``eval_decoders`` adds decoders for ``trainer.validate`` / ``trainer.test`` only: each name
@@ -36,13 +37,14 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from datamodules.augment import SpecAugment
 from datamodules.base import Tokenizer, eval_domain_name, speech_datamodule
-from datamodules.batch import lengths_to_mask
+from datamodules.ctc_check import ctc_infeasible
 from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.decoding import Decoder, DecoderConfig, build_decoder, greedy_decode  # noqa: F401 (re-export)
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
-from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups, total_optimizer_steps
+from lightning_modules.optim import (TRI_STAGE, TransferLRScheduler, base_learning_rates, build_param_groups,
+                                     check_tri_stage, total_optimizer_steps)
 
 
 def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
@@ -50,13 +52,6 @@ def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengt
     losses = F.ctc_loss(log_probs.transpose(0, 1).float(), targets, lengths, target_lengths,
                         blank=0, reduction="none", zero_infinity=True)
     return losses / target_lengths.clamp(min=1).to(losses.dtype)
-
-
-def ctc_infeasible(lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
-    """(B,) bool: fewer frames than tokens + repeated neighbours (CTC needs a blank between repeats)."""
-    valid = lengths_to_mask(target_lengths, targets.shape[1])[:, 1:]
-    repeats = ((targets[:, 1:] == targets[:, :-1]) & valid).sum(1)
-    return lengths < target_lengths + repeats
 
 
 class CTCModule(pl.LightningModule):
@@ -68,26 +63,38 @@ class CTCModule(pl.LightningModule):
     "weighted" over ``layers`` (backbone hidden-state indices, negatives allowed; default last /
     all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
     group, multiplied by ``layer_decay`` per group below; ``decay`` "linear" | "cosine" |
-    "constant" down to ``min_lr_ratio`` after ``warmup_steps``; ``spec_augment`` kwargs of
-    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only;
-    ``eval_decoders`` name -> ``DecoderConfig`` of extra decoders for validate/test (module docstring).
+    "constant" down to ``min_lr_ratio`` after ``warmup_steps``, or "tri_stage" (warm-up / hold /
+    exponential decay to ``min_lr_ratio`` over ``tri_stage_phases`` of the run, see ``optim.py``);
+    ``spec_augment`` kwargs of ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in
+    training only -- not together with a backbone that masks its own CNN features before the transformer
+    (``backbone.feature_masking()``, the wav2vec 2.0 recipe), unless the backbone never trains
+    (``frozen_backbone``); ``eval_decoders`` name -> ``DecoderConfig`` of extra decoders for
+    validate/test (module docstring).
     """
+
+    frozen_backbone = False  # True: the backbone stays in eval (no dropout, LayerDrop or masking)
 
     def __init__(self, backbone: Backbone, tokenizer: dict,
                  head: Literal["linear", "bilstm"] = "linear", head_hidden: int = 256,
                  featurizer: Literal["last", "weighted"] = "last", layers: list[int] | None = None,
                  normalize_layers: bool = False, dropout: float = 0.1, lr: float = 1e-3,
                  backbone_lr: float | None = None, layer_decay: float | None = None, weight_decay: float = 0.01,
-                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant"] = "linear",
-                 min_lr_ratio: float = 0.0,
+                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant", "tri_stage"] = "linear",
+                 min_lr_ratio: float = 0.0, tri_stage_phases: tuple[float, float, float] = TRI_STAGE,
                  spec_augment: dict | None = None, eval_decoders: dict[str, DecoderConfig] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "eval_decoders"])
+        if decay == "tri_stage":
+            check_tri_stage(tri_stage_phases, min_lr_ratio)  # fail at construction, not at fit
         self.tokenizer: Tokenizer = tokenizer_from_dict(tokenizer)
         self.backbone = backbone
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
         self.head = build_head(head, backbone.output_dim, self.tokenizer.vocab_size, head_hidden, dropout)
+        if spec_augment and not self.frozen_backbone and backbone.feature_masking() is not None:
+            raise ValueError(f"spec_augment would mask the features a second time: the backbone already masks its CNN "
+                             f"features before the transformer ({backbone.feature_masking()}); drop spec_augment "
+                             "or set the backbone's mask to null")
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
         self.ctc_infeasible_count = SumMetric()  # training utterances per epoch whose CTC alignment is impossible
@@ -267,7 +274,7 @@ class CTCModule(pl.LightningModule):
         if hp.decay != "constant" and not math.isfinite(total):
             rank_zero_warn(f"the number of training steps is unknown (set trainer.max_steps or max_epochs): "
                            f"decay={hp.decay!r} is not applied, the lr stays at its peak after warm-up")
-        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio)
+        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio, phases=hp.tri_stage_phases)
         # "name": LearningRateMonitor logs each param group as lr/<group name>
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
@@ -293,9 +300,13 @@ class CTCModule(pl.LightningModule):
             raise ValueError(f"{type(datamodule).__name__}'s tokenizer ({datamodule.vocab_size} symbols) is not "
                              f"the one this {type(self).__name__} was built with ({self.tokenizer.vocab_size} "
                              "symbols): targets would be encoded with one vocabulary and decoded with another")
-        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
-        if stage == "fit" and not self._weights_restored and not resuming:
+        if self.fresh_fit(stage):
             self.backbone.load_pretrained()
+
+    def fresh_fit(self, stage: str) -> bool:
+        """True when ``stage`` is a fit whose weights do not come from a checkpoint (see ``setup``)."""
+        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
+        return stage == "fit" and not self._weights_restored and not resuming
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """``checkpoint["speechxfer"]``: what ``load_model`` needs besides the hyper-parameters (tokenizer included)."""
