@@ -37,6 +37,7 @@ import optuna
 import yaml
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from experiments.commands import tool_parser
 from experiments.sweep_spec import (
     Parameter,
     SweepSpec,
@@ -250,7 +251,7 @@ def export_wandb(spec: SweepSpec, out: Path, method: str, project: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechxfer sweep", description=__doc__.split("\n\n")[0])
+    parser = tool_parser("sweep", __doc__)
     parser.add_argument("spec", type=Path, help="sweep spec YAML (see experiments/sweeps/)")
     parser.add_argument("--backend", choices=["optuna", "wandb"], default="optuna")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///<runs_dir>/sweeps/<study>.db)")
