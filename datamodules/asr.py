@@ -299,10 +299,13 @@ class ASRDataModule(SpeechDataModule):
             rank=rank, world_size=world_size, even_batches=train,
         )
 
-    def _training_loader(self, cuts: CutSet, labels: bool, domain: str, rank: int, world_size: int) -> DataLoader:
-        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts)."""
-        dataset = SpeechDataset(self.tokenizer if labels else None, labels=labels, domain=domain_id(domain),
-                                augment=self.augment, on_bad_input=self.on_bad_input, seed=self.seed)
+    def _training_loader(self, cuts: CutSet, labels: bool, domain: str, rank: int, world_size: int,
+                         monitor_texts: bool = False) -> DataLoader:
+        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts;
+        ``monitor_texts``: unlabelled batches carry ``monitor_texts``, see ``SpeechDataset``)."""
+        tokenizer = self.tokenizer if labels or monitor_texts else None
+        dataset = SpeechDataset(tokenizer, labels=labels, domain=domain_id(domain), augment=self.augment,
+                                on_bad_input=self.on_bad_input, seed=self.seed, monitor_texts=monitor_texts)
         return self._loader(dataset, self._sampler(cuts, True, rank, world_size))
 
     def _take_resume(self, world_size: int) -> dict[str, int] | None:

@@ -7,6 +7,7 @@ Training subcommands are LightningCLI's, driven by one YAML per experiment::
     speechxfer fit --config experiments/quickstart.yaml --model.init_args.lr 3e-4 --trainer.max_steps 200
     speechxfer fit --config experiments/quickstart.yaml --run_name r1 --ckpt_path last   # resume
     speechxfer validate|test --config experiments/quickstart.yaml --ckpt_path runs/.../best.ckpt
+    speechxfer test --config experiments/quickstart.yaml --ckpt_path ... --tta.method suta --tta.steps 10  # TTA
 
 Tools with their own arguments::
 
@@ -69,12 +70,16 @@ class SpeechCLI(LightningCLI):
             "--callbacks", type=list[Callback], default=[], help="Experiment callbacks, added to trainer.callbacks"
         )
         parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
+        from lightning_modules.tta import TTASettings
+
+        parser.add_class_arguments(TTASettings, "tta", help="Test-time adaptation for validate/test (SUTA)")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         callbacks += self._get(self.config_init, "callbacks", default=None) or []
+        callbacks += tta_callbacks(self._get(self.config_init, "tta"))
         if trainer_config.get("fast_dev_run"):
             return self._instantiate_trainer(trainer_config, callbacks)
 
@@ -113,6 +118,13 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
     if with_logger and LearningRateMonitor not in have:  # lr/<param group> every log_every_n_steps
         added.append(LearningRateMonitor(logging_interval="step"))
     return added
+
+
+def tta_callbacks(settings: lightning_modules.tta.TTASettings) -> list[Callback]:
+    """``[callbacks.TestTimeAdaptation(settings)]`` when ``--tta.method`` is set, else ``[]``."""
+    from callbacks.tta import TestTimeAdaptation
+
+    return [TestTimeAdaptation(settings)] if settings.enabled else []
 
 
 def run_tags(model: LightningModule, datamodule: SpeechDataModule) -> list[str]:

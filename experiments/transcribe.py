@@ -1,6 +1,10 @@
 """Transcribe audio files with a trained checkpoint — the checkpoint alone, no config, no network.
 
     speechxfer transcribe --ckpt runs/quickstart/<version>/checkpoints/last.ckpt clip.flac more/ other.mp3
+    speechxfer transcribe --ckpt model.ckpt clips/ --tta.method suta --tta.steps 10 --tta.lr 2e-5   # + SUTA
+
+``--tta.*`` are the options of ``speechxfer test`` (``lightning_modules.tta.TTASettings``): each file is
+transcribed by the model adapted to it, then the weights are restored; the adaptation cost goes to stderr.
 
 Prints one ``<path>\t<text>`` line per file, in the order given (folders are searched recursively
 for .flac/.wav/.mp3/.ogg). The audio takes the training path: ``ASRDataModule(predict=[files])``
@@ -28,6 +32,7 @@ import torch
 from datamodules import errors as E
 from datamodules.asr import ASRDataModule
 from datamodules.errors import BadInputError
+from lightning_modules.tta import TestTimeAdapter, add_tta_arguments, tta_settings
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
 
@@ -73,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="audio seconds per batch")
+    add_tta_arguments(parser)  # --tta.method suta --tta.steps 10 ... (as speechxfer test)
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no "GPU available: ..." banner
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -81,7 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     files = expand_inputs(args.inputs)
     datamodule = build_datamodule(files, args.max_seconds)
-    texts = predict(load_model(args.ckpt), datamodule, args.device)
+    model, settings = load_model(args.ckpt), tta_settings(args)
+    if settings.enabled:
+        model.test_time_adaptation = TestTimeAdapter(settings)
+    texts = predict(model, datamodule, args.device)
+    if settings.enabled:
+        stats = model.test_time_adaptation.stats
+        print(f"tta: {settings.method}, {settings.steps} steps, params {settings.params}: "
+              f"{stats.extra_seconds_per_audio_second:.3f} s of adaptation per audio second "
+              f"({stats.utterances} utterances, {stats.audio_seconds:.1f} s)", file=sys.stderr)
     errors = {error.where: error for error in datamodule.predict_errors}
     for path in map(str, files):
         if path in texts:
