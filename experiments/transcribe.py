@@ -2,6 +2,8 @@
 
     speechxfer transcribe --ckpt runs/quickstart/<version>/checkpoints/last.ckpt clip.flac more/ other.mp3
     speechxfer transcribe --ckpt model.ckpt clips/ --tta.method suta --tta.steps 10 --tta.lr 2e-5   # + SUTA
+    speechxfer transcribe --ckpt CKPT --decoder beam --beam-size 50 --lexicon lm/lexicon.txt --lm lm/lm.arpa \
+        --lm-weight 1.0 --word-score 0 clip.flac          # beam search + LM (lexicon/LM: `speechxfer lm`)
 
 ``--tta.*`` are the options of ``speechxfer test`` (``lightning_modules.tta.TTASettings``): each file is
 transcribed by the model adapted to it, then the weights are restored; the adaptation cost goes to stderr.
@@ -32,6 +34,7 @@ import torch
 from datamodules import errors as E
 from datamodules.asr import ASRDataModule
 from datamodules.errors import BadInputError
+from lightning_modules.decoding import add_decoder_arguments, decoder_config_from_args
 from lightning_modules.tta import TestTimeAdapter, add_tta_arguments, tta_settings
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
@@ -78,16 +81,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="audio seconds per batch")
+    add_decoder_arguments(parser)
     add_tta_arguments(parser)  # --tta.method suta --tta.steps 10 ... (as speechxfer test)
     args = parser.parse_args(argv)
+    try:
+        decoding = decoder_config_from_args(args)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no "GPU available: ..." banner
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
-    from lightning_modules import load_model
+    from lightning_modules import build_decoder, load_model
 
     files = expand_inputs(args.inputs)
     datamodule = build_datamodule(files, args.max_seconds)
     model, settings = load_model(args.ckpt), tta_settings(args)
+    model.predict_decoder = build_decoder(decoding, model.tokenizer)
     if settings.enabled:
         model.test_time_adaptation = TestTimeAdapter(settings)
     texts = predict(model, datamodule, args.device)

@@ -7,11 +7,13 @@
     PseudoLabelCTC     self-training on unlabelled target audio: teacher pseudo-labels, noisy student (pseudo_label.py)
     TestTimeAdapter    SUTA test-time adaptation per utterance, weights restored (tta.py)
     load_model(path)   rebuild any of them from a checkpoint alone (checkpoint.py)
+    GreedyDecoder / BeamSearchDecoder / build_decoder(DecoderConfig(...), tokenizer)   CTC decoding (decoding.py)
 """
 
 from lightning_modules.checkpoint import load_model
-from lightning_modules.ctc import CTCModule, greedy_decode
+from lightning_modules.ctc import CTCModule
 from lightning_modules.dann import DANNCTC
+from lightning_modules.decoding import BeamSearchDecoder, DecoderConfig, GreedyDecoder, build_decoder, greedy_decode
 from lightning_modules.featurizer import LastLayer, WeightedLayerSum
 from lightning_modules.finetune import FineTuneCTC
 from lightning_modules.frozen import FrozenFeatureCTC
@@ -22,8 +24,8 @@ from lightning_modules.pseudo_label import PseudoLabelCTC
 from lightning_modules.tta import TestTimeAdapter, TTASettings
 
 __all__ = [
-    "BiLSTMHead", "CTCModule", "DANNCTC", "DomainClassifier", "FineTuneCTC", "FrozenFeatureCTC",
-    "GradientReversal", "LastLayer", "LinearHead", "PseudoLabelCTC", "TTASettings", "TestTimeAdapter",
-    "TransferLRScheduler", "WeightedLayerSum",
-    "ganin_lambda", "grad_reverse", "greedy_decode", "load_model",
+    "BeamSearchDecoder", "BiLSTMHead", "CTCModule", "DANNCTC", "DecoderConfig", "DomainClassifier", "FineTuneCTC",
+    "FrozenFeatureCTC", "GradientReversal", "GreedyDecoder", "LastLayer", "LinearHead", "PseudoLabelCTC",
+    "TTASettings", "TestTimeAdapter", "TransferLRScheduler", "WeightedLayerSum", "build_decoder", "ganin_lambda",
+    "grad_reverse", "greedy_decode", "load_model",
 ]
