@@ -13,11 +13,16 @@ restores) and, at the end of the epoch, logs the cost summed over ranks:
     <stage>/tta/audio_s, <stage>/tta/utterances
     <stage>/tta/objective_before, <stage>/tta/objective_after   mean SUTA loss before the first / after the last step
 
+The same totals (+ the settings) are ``summary_entries`` -> ``summary.json``'s ``"tta"`` entry of the
+test run (``RunSummary.on_test_end``).
+
 Not for ``fit`` (validation during training stays unadapted: the error says so). Under DDP each rank
 adapts on its own utterances; with ``utterances: 1`` the transcripts do not depend on the sharding.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytorch_lightning as pl
 import torch
@@ -34,6 +39,7 @@ class TestTimeAdaptation(Callback):
             raise ValueError("TestTimeAdaptation: settings.method is 'none'")
         self.settings = settings
         self.adapter: TestTimeAdapter | None = None
+        self.totals: dict[str, float] = {}  # the last epoch's cost over all ranks (as logged)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -57,8 +63,13 @@ class TestTimeAdaptation(Callback):
                               stats.objective_before, stats.objective_after], dtype=torch.float64,
                              device=pl_module.device)
         seconds, audio, utterances, groups, before, after = trainer.strategy.reduce(local, reduce_op="sum").tolist()
-        values = {"extra_s_per_audio_s": seconds / audio if audio else 0.0, "audio_s": audio,
+        values = {"extra_s_per_audio_s": seconds / audio if audio else 0.0, "audio_s": audio, "adapt_s": seconds,
                   "utterances": utterances, "objective_before": before / max(groups, 1),
                   "objective_after": after / max(groups, 1)}
+        self.totals = values
         for name, value in values.items():
             pl_module.log(f"{stage}/tta/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
+
+    def summary_entries(self, trainer: pl.Trainer) -> dict:
+        """``{"tta": {settings..., "extra_s_per_audio_s", "adapt_s", "audio_s", ...}}`` for ``summary.json``."""
+        return {"tta": {**dataclasses.asdict(self.settings), **self.totals}}

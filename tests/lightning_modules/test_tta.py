@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from callbacks import RunSummary
 from callbacks.tta import TestTimeAdaptation
 from lightning_modules import CTCModule, FrozenFeatureCTC
 from lightning_modules.backbones import CheckpointBackbone, ScratchEncoder, TorchaudioBackbone
@@ -164,3 +167,27 @@ def test_callback_adapts_lightning_test_and_logs_the_cost(tokenizer):
     assert adapted["test/target/loss"] != plain["test/target/loss"]
     with pytest.raises(ValueError, match="not to fit"):
         pl.Trainer(max_steps=1, callbacks=[TestTimeAdaptation(SUTA)], **QUIET).fit(model, datamodule=dm)
+
+
+def test_the_cost_is_in_the_run_summary_of_the_test_run(tokenizer, tmp_path):
+    """``summary.json`` of a test run: test metrics + ``"tta"`` (settings and cost); a fit summary is kept."""
+    model, dm = tiny_model(tokenizer), TinyDataModule(tokenizer, val_domains=("source", "target"))
+    quiet = {**QUIET, "logger": False}
+    pl.Trainer(callbacks=[TestTimeAdaptation(SUTA), RunSummary()], default_root_dir=tmp_path / "alone",
+               **quiet).test(model, datamodule=dm, verbose=False)
+    alone = json.loads((tmp_path / "alone" / "summary.json").read_text())
+    assert alone["status"] == "tested" and alone["method"] == "CTCModule"
+    assert alone["tta"]["method"] == "suta" and alone["tta"]["steps"] == 4 and alone["tta"]["utterances"] == 8
+    assert alone["tta"]["extra_s_per_audio_s"] == pytest.approx(alone["tta"]["adapt_s"] / alone["tta"]["audio_s"])
+    assert alone["tta"]["extra_s_per_audio_s"] > 0
+    assert alone["test"]["test/tta/extra_s_per_audio_s"] == pytest.approx(alone["tta"]["extra_s_per_audio_s"])
+    assert {"test/source/wer", "test/target/cer"} <= set(alone["test"])
+
+    fitted = tmp_path / "fitted"
+    fitted.mkdir()
+    (fitted / "summary.json").write_text(json.dumps({"status": "finished", "best": {"val/target/wer": {"value": 0.5}}}))
+    pl.Trainer(callbacks=[TestTimeAdaptation(SUTA), RunSummary()], default_root_dir=fitted,
+               **quiet).test(model, datamodule=dm, verbose=False)
+    kept = json.loads((fitted / "summary.json").read_text())
+    assert kept["status"] == "finished" and kept["best"] == {"val/target/wer": {"value": 0.5}}
+    assert kept["tta"]["utterances"] == 8 and "test/target/wer" in kept["test"]
