@@ -71,5 +71,6 @@ class TestTimeAdaptation(Callback):
             pl_module.log(f"{stage}/tta/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
 
     def summary_entries(self, trainer: pl.Trainer) -> dict:
-        """``{"tta": {settings..., "extra_s_per_audio_s", "adapt_s", "audio_s", ...}}`` for ``summary.json``."""
-        return {"tta": {**dataclasses.asdict(self.settings), **self.totals}}
+        """``{"tta": {"settings": {...}, "extra_s_per_audio_s", "adapt_s", "audio_s", "utterances", ...}}``
+        for ``summary.json`` (the totals of the last evaluation epoch, all ranks)."""
+        return {"tta": {"settings": dataclasses.asdict(self.settings), **self.totals}}

@@ -177,7 +177,7 @@ def test_the_cost_is_in_the_run_summary_of_the_test_run(tokenizer, tmp_path):
                **quiet).test(model, datamodule=dm, verbose=False)
     alone = json.loads((tmp_path / "alone" / "summary.json").read_text())
     assert alone["status"] == "tested" and alone["method"] == "CTCModule"
-    assert alone["tta"]["method"] == "suta" and alone["tta"]["steps"] == 4 and alone["tta"]["utterances"] == 8
+    assert alone["tta"]["settings"]["method"] == "suta" and alone["tta"]["settings"]["steps"] == 4 and alone["tta"]["utterances"] == 8
     assert alone["tta"]["extra_s_per_audio_s"] == pytest.approx(alone["tta"]["adapt_s"] / alone["tta"]["audio_s"])
     assert alone["tta"]["extra_s_per_audio_s"] > 0
     assert alone["test"]["test/tta/extra_s_per_audio_s"] == pytest.approx(alone["tta"]["extra_s_per_audio_s"])
