@@ -59,6 +59,8 @@ class ASRDataModule(pl.LightningDataModule):
         sentencepiece_vocab_size: upper bound on sentencepiece pieces.
         normalizer: text normalisation used to build the tokenizer (default ``TextNormalizer()``).
         max_duration: seconds of audio per batch; ``num_buckets`` duration buckets.
+        max_cuts: at most this many utterances per TRAINING batch (None: only ``max_duration``
+            limits it). Short clips make duration-only batches very large: few steps per epoch.
         shuffle, drop_last, seed: training sampler settings (``set_epoch`` reshuffles).
         num_workers: DataLoader workers per loader; ``pin_memory`` defaults to CUDA availability.
         augment: training-only waveform augmentation (off by default).
@@ -82,6 +84,7 @@ class ASRDataModule(pl.LightningDataModule):
         normalizer: TextNormalizer | None = None,
         max_duration: float = 60.0,
         num_buckets: int = 10,
+        max_cuts: int | None = None,
         shuffle: bool = True,
         drop_last: bool = False,
         num_workers: int = 2,
@@ -102,7 +105,7 @@ class ASRDataModule(pl.LightningDataModule):
         self.tokenizer_kind, self.tokenizer_path = tokenizer, tokenizer_path
         self.sentencepiece_vocab_size = sentencepiece_vocab_size
         self.normalizer = normalizer or TextNormalizer()
-        self.max_duration, self.num_buckets = max_duration, num_buckets
+        self.max_duration, self.num_buckets, self.max_cuts = max_duration, num_buckets, max_cuts
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = augment
@@ -323,7 +326,7 @@ class ASRDataModule(pl.LightningDataModule):
         """Training: shuffled, even batch counts over ranks. Else: each utterance once over the ranks."""
         return DurationBucketingSampler(
             cuts, max_duration=self.max_duration, num_buckets=self.num_buckets,
-            shuffle=self.shuffle and train, seed=self.seed, drop_last=self.drop_last and train,
+            max_cuts=self.max_cuts if train else None, shuffle=self.shuffle and train, seed=self.seed, drop_last=self.drop_last and train,
             rank=rank, world_size=world_size, even_batches=train,
         )
 
