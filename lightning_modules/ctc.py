@@ -254,15 +254,19 @@ class CTCModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def setup(self, stage: str) -> None:
-        """Load pretrained backbone weights for a fresh fit.
+        """Load pretrained backbone weights for a fresh fit (or a validation of the starting model).
 
         Skipped when the weights come from a checkpoint: ``load_from_checkpoint`` / ``load_model`` or
         ``trainer.ckpt_path = ...`` set before ``fit``. With ``trainer.fit(ckpt_path=...)`` Lightning
         restores only after ``setup``, so the pretrained weights are loaded and then overwritten.
         """
         resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
-        if stage == "fit" and not self._weights_restored and not resuming:
-            self.backbone.load_pretrained()
+        if stage in ("fit", "validate") and not self._weights_restored and not resuming:
+            self.load_pretrained()
+
+    def load_pretrained(self) -> None:
+        """The pretrained weights a fresh fit starts from: the backbone's (methods may add more)."""
+        self.backbone.load_pretrained()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         tokenizer = self.hparams.tokenizer

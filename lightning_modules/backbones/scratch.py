@@ -191,8 +191,8 @@ class ScratchEncoder(Backbone):
         with torch.autocast(device_type=audio.device.type, enabled=False):
             feats = (self.mel(audio.float()) + 1e-6).log().transpose(1, 2)  # (B, T_mel, n_mels)
             feats = NORMALIZERS[self.normalize](feats, mel_lengths)
-            if self.training and self.spec_augment is not None:
-                feats = self.spec_augment(feats, mel_lengths)
+            if self.spec_augment is not None:  # masks in training mode only (its own flag: CheckpointBackbone
+                feats = self.spec_augment(feats, mel_lengths)  # and Lightning's mode restore set it, not ours)
             return feats, mel_lengths
 
     def forward(self, audio: Tensor, lengths: Tensor) -> BackboneOutput:
