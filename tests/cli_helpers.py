@@ -107,6 +107,8 @@ class TinySubstitutions:
         return {**args, "root": root}
 
     def _ASRDataModule(self, args: dict) -> dict:  # noqa: N802
+        if args.get("tokenizer_path") and not Path(args["tokenizer_path"]).is_absolute():  # repo-relative
+            args = {**args, "tokenizer_path": str(REPO / args["tokenizer_path"])}
         return {**args, "num_workers": 0}
 
     def _TorchaudioBackbone(self, args: dict) -> dict:  # noqa: N802
