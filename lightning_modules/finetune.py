@@ -28,9 +28,6 @@ class FineTuneCTC(CTCModule):
     def __init__(self, backbone: Backbone, vocab_size: int, freeze_feature_encoder: bool = False,
                  feature_encoder_group: str = "feature_extractor", reuse_head: bool = False, **kwargs) -> None:
         super().__init__(backbone, vocab_size, **kwargs)
-        if reuse_head and not isinstance(backbone, CheckpointBackbone):
-            raise ValueError(f"reuse_head=True needs a CheckpointBackbone (the head comes from its checkpoint), "
-                             f"got {type(backbone).__name__}")
         if freeze_feature_encoder:
             groups = dict(self.backbone.layer_groups())
             if feature_encoder_group not in groups:
@@ -43,6 +40,9 @@ class FineTuneCTC(CTCModule):
         super().load_pretrained()
         if not self.hparams.reuse_head:
             return
+        if not isinstance(self.backbone, CheckpointBackbone):  # (a model rebuilt by load_model never gets here)
+            raise ValueError(f"reuse_head=True needs a CheckpointBackbone (the head comes from its checkpoint), "
+                             f"got {type(self.backbone).__name__}")
         path = self.backbone.path
         checkpoint = read_checkpoint(path)
         theirs, ours = checkpoint["speechxfer"].get("tokenizer"), self.tokenizer.to_dict()

@@ -44,8 +44,23 @@ def test_reuse_head_refuses_another_vocabulary_or_backbone(source_ckpt, tokenize
     with pytest.raises(ValueError, match=r"vocabulary of .*source\.ckpt differs.*tokenizer_path"):
         model.load_pretrained()
     with pytest.raises(ValueError, match="reuse_head=True needs a CheckpointBackbone"):
-        FineTuneCTC(make_tiny_backbone(), tokenizer.vocab_size, reuse_head=True)
+        FineTuneCTC(make_tiny_backbone(), tokenizer.vocab_size, reuse_head=True).load_pretrained()
     wrong_head = FineTuneCTC(CheckpointBackbone(str(source_ckpt)), tokenizer.vocab_size, reuse_head=True,
                              head="linear", tokenizer=tokenizer.to_dict())
     with pytest.raises(ValueError, match=r"source\.ckpt \(head\) do not fit"):
         wrong_head.load_pretrained()
+
+
+def test_fine_tuned_checkpoint_loads_alone(source_ckpt, tokenizer, tiny_batch, tmp_path):
+    """``load_model`` rebuilds a reuse_head run from its own checkpoint (inner backbone config, no source file)."""
+    model = FineTuneCTC(CheckpointBackbone(str(source_ckpt)), tokenizer.vocab_size, reuse_head=True,
+                        head="bilstm", head_hidden=16, lr=3e-3, tokenizer=tokenizer.to_dict())
+    trainer = pl.Trainer(max_steps=2, limit_val_batches=0, **QUIET)
+    trainer.fit(model, datamodule=TinyDataModule(tokenizer))
+    trainer.save_checkpoint(tmp_path / "tuned.ckpt")
+    source_ckpt.unlink()
+    rebuilt = load_model(tmp_path / "tuned.ckpt")
+    assert type(rebuilt) is FineTuneCTC and rebuilt.hparams.reuse_head
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(tiny_batch["audio"], tiny_batch["lengths"])[0],
+                                   model.eval()(tiny_batch["audio"], tiny_batch["lengths"])[0])
