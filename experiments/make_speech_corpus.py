@@ -15,6 +15,10 @@ HELD-OUT variants that no training utterance uses, so "held-out voices" are voic
     dev-other        held-out dev sentences, read by held-out voices          (unseen voices + sentences)
     test-other       held-out test sentences, read by other held-out voices   (unseen voices + sentences)
 
+The demo corpus's dev/test sentences (``--exclude-demo``, on by default) are left out entirely, so a
+source model trained here is never scored on a sentence it trained on when evaluated on the demo corpus.
+``<out>/noise/`` gets 30 s each of white, pink and brown noise (sox) for ``WaveformAugmentation(noise=...)``.
+
 ``--kind words`` (``WORDS``: 20 command/digit words, clips of ~0.3-0.7 s like keyword corpora):
 every voice says every word once; train / dev / test voices are disjoint (train-clean-100, dev-clean,
 test-clean).
@@ -41,10 +45,12 @@ from pathlib import Path
 import soundfile as sf
 
 from experiments.make_demo_corpus import (
+    DEFAULT_PROMPTS,
     EspeakSpeaker,
     MissingToolError,
     librispeech_text,
     load_prompts,
+    run,
     synth_source,
     write_speakers_txt,
 )
@@ -52,6 +58,8 @@ from experiments.make_demo_corpus import (
 log = logging.getLogger("make_speech_corpus")
 
 HARVARD = Path(__file__).resolve().parent / "prompts" / "harvard-sentences.txt"
+DEMO_EVAL_SENTENCES = 30  # the demo corpus's dev + test sentences: the first 30 of its prompts.txt
+NOISES = ("whitenoise", "pinknoise", "brownnoise")
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 FEMALE = ["f1", "f2", "f3", "f5", "Alicia", "Andrea", "aunty", "linda", "steph", "steph2", "anika", "anikaRobot",
           "whisperf"]
@@ -128,9 +136,11 @@ def assign(subset: str, texts: list[str], voices: list[EspeakSpeaker], rendition
 
 
 def sentence_plans(prompts: list[str], seed: int, renditions: int, train_voices: int, dev: int, test: int,
-                   ) -> list[Plan]:
-    """Plans for ``--kind sentences`` (see module docstring)."""
+                   exclude: list[str] = ()) -> list[Plan]:
+    """Plans for ``--kind sentences`` (see module docstring); ``exclude``d sentences are not used at all."""
     rng = random.Random(seed)
+    excluded = {librispeech_text(e) for e in exclude}
+    prompts = [p for p in prompts if librispeech_text(p) not in excluded]
     order = rng.sample(prompts, len(prompts))
     dev_s, test_s, train_s = order[:dev], order[dev:dev + test], order[dev + test:]
     factory = VoiceFactory(rng, speed=(130, 210))
@@ -188,15 +198,25 @@ def synthesise(plans: list[Plan], out: Path, pad: float, jobs: int) -> dict[int,
     return dict(minutes)
 
 
+def write_noise(out: Path, seconds: int = 30) -> list[Path]:
+    """``out/noise/<kind>.flac``: 16 kHz mono sox noise (repeatable), -6 dBFS, one file per kind of ``NOISES``."""
+    (out / "noise").mkdir(parents=True, exist_ok=True)
+    files = [out / "noise" / f"{kind}.flac" for kind in NOISES]
+    for kind, path in zip(NOISES, files):
+        run(["sox", "-R", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), "synth", str(seconds), kind,
+             "norm", "-6"])
+    return files
+
+
 def build_corpus(out: Path, kind: str = "sentences", seed: int = 0, renditions: int = 8, train_voices: int = 160,
                  dev: int = 40, test: int = 60, pad: float | None = None, jobs: int = 2,
-                 prompts_path: Path = HARVARD) -> dict[str, int]:
-    """Build ``out/LibriSpeech`` (replaced if present); returns utterances per subset."""
+                 prompts_path: Path = HARVARD, exclude: list[str] = ()) -> dict[str, int]:
+    """Build ``out/LibriSpeech`` (replaced if present) and ``out/noise``; returns utterances per subset."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         raise MissingToolError("make_speech_corpus needs espeak-ng and sox on PATH "
                                "(Debian/Ubuntu: apt-get install espeak-ng sox)")
     if kind == "sentences":
-        plans = sentence_plans(load_prompts(prompts_path), seed, renditions, train_voices, dev, test)
+        plans = sentence_plans(load_prompts(prompts_path), seed, renditions, train_voices, dev, test, exclude)
         pad = 0.1 if pad is None else pad
     elif kind == "words":
         plans = word_plans(WORDS, seed, train_voices, max(dev, 1))
@@ -211,6 +231,7 @@ def build_corpus(out: Path, kind: str = "sentences", seed: int = 0, renditions: 
         if plan.speaker not in speakers[plan.subset]:
             speakers[plan.subset].append(plan.speaker)
     write_speakers_txt(out / "LibriSpeech" / "SPEAKERS.TXT", minutes, speakers, title=f"speechxfer {kind} corpus")
+    write_noise(out)
     counts: dict[str, int] = defaultdict(int)
     for plan in plans:
         counts[plan.subset] += 1
@@ -231,12 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pad", type=float, default=None, help="silence each side, s (sentences 0.1, words 0.05)")
     parser.add_argument("--prompts", type=Path, default=HARVARD, help="sentences, one per line")
     parser.add_argument("--jobs", type=int, default=2, help="synthesis subprocesses at a time")
+    parser.add_argument("--exclude-demo", action=argparse.BooleanOptionalAction, default=True,
+                        help="sentences: leave out the demo corpus's dev/test sentences (default: yes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     words = args.kind == "words"
     counts = build_corpus(args.out, args.kind, args.seed, args.renditions,
                           args.train_voices or (30 if words else 160), args.dev or (5 if words else 40),
-                          args.test, args.pad, args.jobs, args.prompts)
+                          args.test, args.pad, args.jobs, args.prompts,
+                          load_prompts(DEFAULT_PROMPTS)[:DEMO_EVAL_SENTENCES] if args.exclude_demo else [])
     log.info("done: %s -> %s", counts, args.out / "LibriSpeech")
 
 
