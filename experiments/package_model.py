@@ -3,11 +3,12 @@
     python experiments/package_model.py runs/source_model/v1/checkpoints/best-3400.ckpt experiments/models/synth_en_bigru.ckpt
 
 Keeps ``state_dict`` (stored as float16 unless ``--fp32``; every loader copies it into the model's
-float32 parameters), ``hyper_parameters``, ``checkpoint["speechxfer"]`` and the integers ``global_step`` /
-``epoch``; drops optimizer, scheduler, loop and callback state (about two thirds of a training
-checkpoint). The result holds only tensors and plain Python types, so ``torch.load(path,
+float32 parameters), ``hyper_parameters``, ``checkpoint["speechxfer"]``, ``global_step`` / ``epoch`` and
+the Lightning version string; drops optimizer, scheduler, loop and callback state (about two thirds of
+a training checkpoint). The result holds only tensors and plain Python types, so ``torch.load(path,
 weights_only=True)`` reads it, and it loads through ``lightning_modules.load_model``,
-``CheckpointBackbone(path)`` and ``speechxfer transcribe --ckpt path``. It cannot resume training.
+``CheckpointBackbone(path)``, ``speechxfer transcribe --ckpt path`` and ``speechxfer validate|test
+--ckpt_path path``. It cannot resume training.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from datamodules.atomic import torch_save_atomic
 
-KEPT = ("state_dict", "hyper_parameters", "speechxfer", "global_step", "epoch")
+KEPT = ("state_dict", "hyper_parameters", "speechxfer", "global_step", "epoch", "pytorch-lightning_version")
 
 
 def package(source: str | Path, out: str | Path, fp16: bool = True) -> dict:
