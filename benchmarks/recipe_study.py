@@ -72,22 +72,23 @@ def data_config(root: Path) -> dict:
     corpus = lambda subset: {"class_path": "datamodules.LibriSpeechCorpus",  # noqa: E731
                              "init_args": {"root": str(root.resolve()), "subsets": [subset]}}
     return {"class_path": "datamodules.ASRDataModule",
-            "init_args": {"domain": "source", "train": corpus("train-clean-100"), "val": corpus("test-clean"),
+            "init_args": {"domain": "source", "train": corpus("train-clean-100"), "val": {"source": corpus("test-clean")},
                           "num_workers": 1, "seed": 0}}
 
 
-def framework_run(name: str, overrides: dict, root: Path, out: Path, steps: int) -> tuple[list[str], Path]:
+def framework_run(name: str, overrides: dict, root: Path, out: Path, steps: int, seed: int) -> tuple[list[str], Path]:
     """The ``speechxfer fit`` command of one variant: scratch_demo.yaml's model on ``root``, validated at the end."""
     data = out / "data.yaml"
     data.write_text(yaml.safe_dump(data_config(root)))
     args = ["fit", "--config", str(REPO / "experiments" / "scratch_demo.yaml"), "--data", str(data),
-            "--experiment", "recipe", "--run_name", name, "--runs_dir", str(out / "runs"), "--wandb", "false",
+            "--experiment", "recipe", "--run_name", f"{name}-seed{seed}", "--runs_dir", str(out / "runs"),
+            "--wandb", "false", "--seed_everything", str(seed),
             "--trainer.max_epochs", "-1", "--trainer.max_steps", str(steps),
             "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", str(steps),
             "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"]
     for key, value in overrides.items():
         args += [f"--{key}", "null" if value is None else str(value)]
-    return [sys.executable, "-m", "experiments", *args], out / "runs" / "recipe" / name / "metrics.csv"
+    return [sys.executable, "-m", "experiments", *args], out / "runs" / "recipe" / f"{name}-seed{seed}" / "metrics.csv"
 
 
 def last_val(metrics_csv: Path) -> tuple[float, float]:
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=REPO / "data" / "synth_words")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "recipe_study")
     parser.add_argument("--steps", type=int, default=475)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", nargs="+", default=["plain", "old", "new"],
                         help=f"runs: plain, {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
@@ -124,24 +126,29 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.only:
-        if name == "plain":
-            cmd = [sys.executable, str(REPO / "benchmarks" / "plain_ctc_loop.py"), "--root", str(args.root),
-                   "--steps", str(args.steps), "--eval-every", str(args.steps)]
-            wall = run(cmd, args.out / "plain.log")
-            line = re.findall(r"WER ([\d.]+) CER ([\d.]+)", (args.out / "plain.log").read_text())[-1]
-            wer, cer = map(float, line)
-        else:
-            cmd, metrics = framework_run(name, VARIANTS[name], args.root, args.out, args.steps)
-            wall = run(cmd, args.out / f"{name}.log")
-            wer, cer = last_val(metrics)
-        rows.append((name, wer, cer, wall, " ".join(cmd[1:])))
-        print(f"{name:>20}: test WER {100 * wer:5.1f} %  CER {100 * cer:5.1f} %  ({wall:.0f} s)", flush=True)
-    print(f"\n| run | test WER % | test CER % | wall s |\n|---|---|---|---|")
-    for name, wer, cer, wall, _ in rows:
-        print(f"| {name} | {100 * wer:.1f} | {100 * cer:.1f} | {wall:.0f} |")
+        for seed in args.seeds:
+            log = args.out / f"{name}-seed{seed}.log"
+            if name == "plain":
+                cmd = [sys.executable, str(REPO / "benchmarks" / "plain_ctc_loop.py"), "--root", str(args.root),
+                       "--steps", str(args.steps), "--eval-every", str(args.steps), "--seed", str(seed)]
+                wall = run(cmd, log)
+                wer, cer = map(float, re.findall(r"WER ([\d.]+) CER ([\d.]+)", log.read_text())[-1])
+            else:
+                cmd, metrics = framework_run(name, VARIANTS[name], args.root, args.out, args.steps, seed)
+                wall = run(cmd, log)
+                wer, cer = last_val(metrics)
+            rows.append((name, seed, wer, cer, wall, " ".join(cmd[1:])))
+            print(f"{name:>20} seed {seed}: test WER {100 * wer:5.1f} %  CER {100 * cer:5.1f} %  ({wall:.0f} s)",
+                  flush=True)
+    print("\n| run | test WER % (per seed) | test CER % (per seed) | mean WER / CER % |\n|---|---|---|---|")
+    for name in args.only:
+        mine = [r for r in rows if r[0] == name]
+        wers, cers = [100 * r[2] for r in mine], [100 * r[3] for r in mine]
+        print(f"| {name} | {' / '.join(f'{w:.1f}' for w in wers)} | {' / '.join(f'{c:.1f}' for c in cers)} | "
+              f"{sum(wers) / len(wers):.1f} / {sum(cers) / len(cers):.1f} |")
     print("\ncommands (python ...):")
-    for name, *_, cmd in rows:
-        print(f"  {name}: {cmd}")
+    for name, seed, *_, cmd in rows:
+        print(f"  {name} (seed {seed}): {cmd}")
 
 
 if __name__ == "__main__":
