@@ -36,6 +36,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.batch import SAMPLE_RATE  # noqa: E402
 from tests.corpus_factory import CV_COLUMNS, sentence, tone_speech, write_tsv  # noqa: E402
 
 MAX_DURATION = 200.0  # seconds per batch, a typical single-GPU setting
@@ -88,7 +89,7 @@ def loader_throughput(corpus, cache_dir: Path, epochs: int) -> tuple[float, floa
         dm.train_sampler.set_epoch(epoch)
         start = time.perf_counter()
         total = sum(int(b["lengths"].sum()) for b in loader)
-        assert abs(total / 16000 - audio_s) < 1.0, "loader lost audio"
+        assert abs(total / SAMPLE_RATE - audio_s) < 1.0, "loader lost audio"
         if epoch:
             loader_s.append(time.perf_counter() - start)
             decode_s.append(decode_only(cuts))
@@ -104,7 +105,7 @@ def decode_only(cuts) -> float:
     start = time.perf_counter()
     for cut in cuts:
         wave, sr = sf.read(cut.recording.sources[0].source, dtype="float32")
-        if sr != 16000:
+        if sr != SAMPLE_RATE:
             _resampler(sr)(torch.from_numpy(wave)[None])
     return time.perf_counter() - start
 
@@ -114,7 +115,7 @@ def _resampler(sr: int):
     """lhotse's resampler (the one ``cut.resample`` uses), kernel built once per rate."""
     from lhotse.augmentation.resample import Resample
 
-    return Resample(sr, 16000)
+    return Resample(sr, SAMPLE_RATE)
 
 
 # -- 2. padding ----------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def run(root: Path, backbone_args: dict, epochs: int, cache_dir: str | None) -> 
     dm = ASRDataModule(train=LibriSpeechCorpus(root, ["train-clean-100"]), max_duration=20.0, num_buckets=4,
                        num_workers=0, pin_memory=False, cache_dir=str(root / ".cache"), seed=0)
     torch.manual_seed(0)
-    model = FrozenFeatureCTC(TorchaudioBackbone(**backbone_args), dm.vocab_size, tokenizer=dm.tokenizer.to_dict(),
+    model = FrozenFeatureCTC(TorchaudioBackbone(**backbone_args), dm.tokenizer.to_dict(),
                              featurizer="weighted", head="bilstm", head_hidden=128, lr=2e-3, warmup_steps=5,
                              feature_cache_dir=cache_dir)
     clock = EpochClock()

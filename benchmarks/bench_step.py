@@ -50,8 +50,7 @@ def build_model(tokenizer, quick: bool):
 
     size = dict(hidden=64, num_layers=1, conv_channels=8) if quick else dict(hidden=160, num_layers=2, conv_channels=32)
     backbone = ScratchEncoder(n_mels=80, kind="bilstm", subsampling=4, **size)
-    return CTCModule(backbone, tokenizer.vocab_size, tokenizer=tokenizer.to_dict(), lr=2e-3, warmup_steps=5,
-                     decay="cosine")
+    return CTCModule(backbone, tokenizer.to_dict(), lr=2e-3, warmup_steps=5, decay="cosine")
 
 
 class StepClock:

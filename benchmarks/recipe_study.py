@@ -47,7 +47,7 @@ FACTORS = {  # one factor each; applied on top of "old" (+) or taken back from "
     "frames": {BB + "center": True, BB + "conv_padding": True},
     "norm_none": {BB + "normalize": "none"},
     "norm_mean": {BB + "normalize": "mean"},
-    "sub2": {BB + "subsampling": 2, "data.init_args.frames_per_second": 50.0},
+    "sub2": {BB + "subsampling": 2},
     "lr1e-3_constant": {"model.init_args.lr": 0.001, "model.init_args.warmup_steps": 0,
                         "model.init_args.decay": "constant"},
     "constant": {"model.init_args.decay": "constant"},

@@ -3,17 +3,25 @@
 Written to ``trainer.default_root_dir`` (the run directory) by global rank 0 after every validation
 (so a killed run still has one), at fit end, and when fit raises. The best values, the largest
 trainable-parameter count and the wall time travel in the checkpoint (callback state), so a resumed
-run continues them. Schema (JSON)::
+run continues them. ``method`` is the module's class name; ``data`` and ``labelled_target_minutes``
+come from the ``SpeechDataModule`` (null when fitting on plain dataloaders). Schema (JSON)::
 
-    {"status": "running" | "finished" | "failed" | "interrupted" | "pruned",
-     "method": "finetune", "module_class": "lightning_modules.finetune.FineTuneCTC",
+    {"status": "running" | "finished" | "requeued" | "failed" | "interrupted" | "pruned",
+     "method": "FineTuneCTC", "module_class": "lightning_modules.finetune.FineTuneCTC",
      "backbone": {"class": "...", "name": "...", "identity": "..."} | null,
-     "data": <datamodule.describe()> | {"class": "...", "val_domains": [...]},
+     "data": {"source": "LibriSpeech train-clean-100", "target": "CommonVoice en/train (unlabelled)"} | null,
      "labelled_target_minutes": 10.0 | null,
      "trainable_params": 1234, "max_trainable_params": 1234, "total_params": 5678,
      "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
      "best": {"val/target/wer": {"value": 0.31, "step": 180}, ...},
-     "monitor_mode": "min", "updated": "2025-01-01T12:00:00"}
+     "headline_metric": "val/target/wer",   # .../cer for languages written without spaces (datamodules/locales.py)
+     "monitor_mode": "min", "updated": "2025-01-01T12:00:00",
+     "data_report": <datamodule.bad_input_report()>, "nonfinite": {...}}   # from other callbacks
+
+Callbacks add entries by defining ``summary_entries(trainer) -> dict`` (``BadInputReport``: every
+bad-input count; ``NonFiniteGuard``: skipped steps). ``"finished"`` is written after the final
+checkpoint (``LastCheckpoint`` saves at train end, before fit end); a fit that ``SlurmRequeue`` stopped
+is ``"requeued"``; a fit that raised is ``"failed"`` with the error.
 
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
 ``WandbLogger`` is attached), so ``speechxfer compare`` reads W&B runs the same way.
@@ -32,6 +40,9 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.atomic import write_json_atomic
+from callbacks.slurm_requeue import SlurmRequeue
+from datamodules.base import speech_datamodule
+from datamodules.locales import monitored_metric
 
 SUMMARY_FILE = "summary.json"
 BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
@@ -55,16 +66,6 @@ def describe_backbone(pl_module: LightningModule) -> dict[str, Any] | None:
     }
 
 
-def describe_data(datamodule: Any) -> Any:
-    """``datamodule.describe()`` when it exists, else its class name and validation domains."""
-    if datamodule is None:
-        return None
-    describe = getattr(datamodule, "describe", None)
-    if callable(describe):
-        return describe()
-    return {"class": type(datamodule).__name__, "val_domains": list(getattr(datamodule, "val_domains", []) or [])}
-
-
 class RunSummary(Callback):
     """Keeps ``<default_root_dir>/summary.json`` (see module docstring) up to date.
 
@@ -83,16 +84,21 @@ class RunSummary(Callback):
         self._static: dict[str, Any] = {}
 
     # --- Lightning hooks -------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # from here on a failure is recorded (a resumed run must not keep saying "finished")
+            self._start = time.monotonic()
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
         self._track_trainable(pl_module)
-        dm = trainer.datamodule
+        datamodule = speech_datamodule(trainer)
         self._static = {
-            "method": getattr(pl_module, "method", type(pl_module).__name__),
+            "method": type(pl_module).__name__,
             "module_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "backbone": describe_backbone(pl_module),
-            "data": describe_data(dm),
-            "labelled_target_minutes": getattr(dm, "labelled_target_minutes", None),
+            "data": datamodule.describe() if datamodule is not None else None,
+            "labelled_target_minutes": datamodule.labelled_target_minutes if datamodule is not None else None,
+            "headline_metric": monitored_metric(datamodule) if datamodule is not None else None,
             "total_params": count_params(pl_module),
         }
 
@@ -107,7 +113,8 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._track_trainable(pl_module)
-        payload = self._write(trainer, pl_module, "finished")
+        requeued = any(isinstance(cb, SlurmRequeue) and cb.stopped_for_requeue for cb in trainer.callbacks)
+        payload = self._write(trainer, pl_module, "requeued" if requeued else "finished")
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
@@ -154,6 +161,11 @@ class RunSummary(Callback):
 
     def summary(self, trainer: Trainer, pl_module: LightningModule, status: str) -> dict[str, Any]:
         """The summary dict (see module docstring)."""
+        extra: dict[str, Any] = {}
+        for callback in trainer.callbacks:
+            entries = getattr(callback, "summary_entries", None)  # optional callback protocol
+            if callable(entries) and callback is not self:
+                extra.update(entries(trainer))
         return {
             "status": status,
             **self._static,
@@ -165,6 +177,7 @@ class RunSummary(Callback):
             "best": dict(sorted(self.best.items())),
             "monitor_mode": "min",
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
         }
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, status: str, **extra: Any) -> dict[str, Any]:

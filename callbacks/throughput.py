@@ -16,6 +16,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from datamodules.base import speech_datamodule
+from datamodules.batch import SAMPLE_RATE
+
 
 def batch_audio(batch: Any) -> tuple[torch.Tensor, int]:
     """(total valid audio samples as a 0-d tensor, number of utterances) of a batch.
@@ -38,25 +41,22 @@ class AudioThroughput(Callback):
 
     Every ``trainer.log_every_n_steps`` optimizer steps, the audio (sum of ``batch["lengths"]`` /
     sample rate) and utterances seen by all ranks since the previous log are divided by the
-    wall-clock time of that interval (mean over ranks). Validation time is excluded.
-
-    Args:
-        sample_rate: samples per second of ``batch["audio"]``; default ``trainer.datamodule.sample_rate``
-            or 16000.
+    wall-clock time of that interval (mean over ranks). Validation time is excluded. The rate of
+    ``batch["audio"]`` is the datamodule's ``sample_rate`` (``SAMPLE_RATE`` without a datamodule).
     """
 
     clock = staticmethod(time.perf_counter)  # tests replace it with a fake clock
 
-    def __init__(self, sample_rate: int | None = None) -> None:
-        self.sample_rate = sample_rate
+    def __init__(self) -> None:
         self._totals: torch.Tensor | None = None  # (audio samples, utterances) since the last log
         self._t0 = 0.0
         self._paused_at: float | None = None
         self._last_step = -1
-        self._rate = 16000
+        self._rate = SAMPLE_RATE
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rate = self.sample_rate or getattr(trainer.datamodule, "sample_rate", None) or 16000
+        datamodule = speech_datamodule(trainer)
+        self._rate = datamodule.sample_rate if datamodule is not None else SAMPLE_RATE
         self._totals = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
         self._t0 = self._now(pl_module)
         self._last_step = trainer.global_step

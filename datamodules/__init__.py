@@ -6,5 +6,6 @@ from datamodules.text import CharTokenizer, SentencePieceTokenizer, TextNormaliz
 from datamodules.augment import SpecAugment, WaveformAugmentation
 from datamodules.dataset import SpeechDataset
 from datamodules.sampling import DurationBucketingSampler
+from datamodules.base import SpeechDataModule
 from datamodules.asr import ASRDataModule
 from datamodules.domain import DomainAdaptationDataModule

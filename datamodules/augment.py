@@ -21,6 +21,8 @@ from lhotse import CutSet, Recording, RecordingSet, load_manifest
 from lhotse.dataset.cut_transforms import CutMix, PerturbSpeed
 from torch import nn
 
+from datamodules.batch import SAMPLE_RATE, lengths_to_mask
+
 AUDIO_PATTERNS = ("*.wav", "*.flac", "*.mp3", "*.ogg")
 _NOISE_CACHE: dict[str, CutSet] = {}  # per process: noise manifests are read once
 
@@ -82,13 +84,13 @@ class WaveformAugmentation:
         return out
 
     def noise_cuts(self) -> CutSet:
-        """The noise recordings as 16 kHz cuts (read once per process)."""
+        """The noise recordings as ``SAMPLE_RATE`` cuts (read once per process)."""
         if self.noise not in _NOISE_CACHE:
             _NOISE_CACHE[self.noise] = load_noise_cuts(self.noise)
         return _NOISE_CACHE[self.noise]
 
 
-def load_noise_cuts(source: str, sample_rate: int = 16000) -> CutSet:
+def load_noise_cuts(source: str, sample_rate: int = SAMPLE_RATE) -> CutSet:
     """Noise cuts from a directory of audio files or a lhotse manifest; errors name the path."""
     path = Path(source)
     if path.is_dir():
@@ -144,7 +146,7 @@ class SpecAugment(nn.Module):
         time = self._spans(lengths, self.time_width, self.time_masks, t)               # (B, T)
         feat = self._spans(torch.full_like(lengths, f), self.feature_width, self.feature_masks, f)  # (B, F)
         mask = time[:, :, None] | feat[:, None, :]
-        mask &= (torch.arange(t, device=features.device)[None, :] < lengths[:, None])[:, :, None]
+        mask &= lengths_to_mask(lengths, t)[:, :, None]
         return features.masked_fill(mask, self.mask_value)
 
     @staticmethod

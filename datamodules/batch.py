@@ -2,7 +2,7 @@
 
 A batch is a plain ``dict`` so Lightning moves every tensor to the device for us::
 
-    audio           float32 (B, T)   16 kHz mono, zero padded on the right
+    audio           float32 (B, T)   ``SAMPLE_RATE`` (16 kHz) mono, zero padded on the right
     lengths         int64   (B,)     valid samples per row
     targets         int64   (B, S)   token ids (no blank), padded with 0     } absent when labels
     target_lengths  int64   (B,)     valid tokens per row                    } are unavailable
@@ -23,14 +23,23 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import get_worker_info
 
+SAMPLE_RATE = 16000  # Hz of every batch["audio"]; corpora, datasets and backbones all read it from here
 LABEL_KEYS = ("targets", "target_lengths", "texts")
 REQUIRED_KEYS = ("audio", "lengths", "ids", "audio_keys", "domain")
 DOMAIN_IDS = {"source": 0, "target": 1}
 
 
 def domain_id(name: str) -> int:
-    """Integer domain for a domain name: ``"target"`` -> 1, anything else (source, dev-clean, ...) -> 0."""
-    return DOMAIN_IDS.get(name, 0)
+    """Integer domain of ``"source"`` (0) or ``"target"`` (1); any other name is an error."""
+    if name not in DOMAIN_IDS:
+        raise ValueError(f"domain must be one of {sorted(DOMAIN_IDS)}, got {name!r}")
+    return DOMAIN_IDS[name]
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """(B,) lengths -> (B, max_len) bool mask, True on valid positions (default max_len: the longest)."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def empty_for_transfer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -125,7 +134,7 @@ def check_batch(batch: dict[str, Any], labels: bool | None = None) -> None:
         _expect(targets.dtype == torch.int64 and targets.shape[0] == b, "targets must be int64 (B, S)")
         _expect(tl.dtype == torch.int64 and tuple(tl.shape) == (b,), "target_lengths must be int64 (B,)")
         _expect(len(batch["texts"]) == b, "texts must have B entries")
-        valid = torch.arange(targets.shape[1])[None, :] < tl[:, None]
+        valid = lengths_to_mask(tl, targets.shape[1])
         _expect(bool((targets[~valid] == 0).all()), "targets must be padded with 0")
         _expect(bool((targets[valid] > 0).all()), "targets must not contain the blank id 0")
 

@@ -4,7 +4,7 @@ Why not ``lhotse.recipes.prepare_commonvoice``: it runs a ``ProcessPoolExecutor`
 called from a non-importable ``__main__`` and multiplies memory under DDP), prepares every split
 of a locale at once, and lets bad rows and unreadable clips fail deep inside the pool or pass
 unchecked. We keep its one good idea, ``csv.QUOTE_NONE`` (sentences contain unbalanced quotes),
-and build ``Recording`` + ``SupervisionSegment`` + ``MonoCut`` per row ourselves.
+and build ``Recording`` + ``SupervisionSegment`` + cut per row ourselves.
 
 Columns are taken from the header (releases differ: newer ones add ``sentence_id`` /
 ``sentence_domain``); ``path`` and ``sentence`` are required. A row with more or fewer fields
@@ -18,7 +18,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lhotse.cut import MonoCut
+from lhotse.cut.data import DataCut
 
 from datamodules import errors as E
 from datamodules.corpus_base import Corpus, make_cut, utf8_problem
@@ -61,6 +61,10 @@ class CommonVoiceCorpus(Corpus):
         super().__init__(on_bad_input=on_bad_input, max_minutes=max_minutes, seed=seed)
         self.root, self.locale, self.split = Path(root).expanduser().absolute(), locale, split
 
+    @property
+    def language(self) -> str:
+        return self.locale
+
     def config(self) -> dict:
         return {**super().config(), "root": str(self.root), "locale": self.locale, "split": self.split}
 
@@ -90,16 +94,24 @@ class CommonVoiceCorpus(Corpus):
         the referenced ones are stat'ed."""
         tsv, clips = state
         yield stat_entry(tsv, self.root)
-        rows = tsv_rows(tsv)
-        header = next(rows, (0, []))[1]
+        rows = tsv_rows(tsv)  # streamed: a validated.tsv has millions of rows
+        try:
+            header = next(rows, (0, []))[1]
+        except OSError as err:  # the scan reports it; fixing it changes the key
+            yield "unreadable", str(tsv), err.errno
+            return
         if "path" in header:
             col = header.index("path")
             yield from (stat_entry(clips / f[col], self.root) for _, f in rows if len(f) > col)
 
-    def _scan(self, state: tuple[Path, Path], policy: E.BadInputPolicy) -> list[MonoCut]:
+    def _scan(self, state: tuple[Path, Path], policy: E.BadInputPolicy) -> list[DataCut]:
         tsv, clips = state
         rows = tsv_rows(tsv)
-        header = next(rows, None)
+        try:
+            header = next(rows, None)
+        except OSError as err:
+            policy.bad(tsv, E.UNREADABLE_FILE, f"cannot read it ({err.strerror or err})")
+            return []
         if header is None:
             policy.bad(tsv, E.EMPTY_TSV, "file is empty (no header line)")
             return []
@@ -108,17 +120,17 @@ class CommonVoiceCorpus(Corpus):
         if missing:
             policy.bad(f"{tsv}:{header[0]}", E.BAD_TSV_HEADER, f"header lacks column(s) {missing}: {columns}")
             return []
-        cuts, seen, n_rows = [], {}, 0
+        cuts, seen, ids, n_rows = [], {}, {}, 0
         for lineno, fields in rows:
             n_rows += 1
-            cut = self._row_to_cut(f"{tsv}:{lineno}", columns, fields, clips, seen, policy)
+            cut = self._row_to_cut(f"{tsv}:{lineno}", columns, fields, clips, seen, ids, policy)
             if cut is not None:
                 cuts.append(cut)
         if n_rows == 0:
             policy.bad(tsv, E.EMPTY_TSV, "header only, no rows")
         return cuts
 
-    def _row_to_cut(self, where, columns, fields, clips, seen, policy) -> MonoCut | None:
+    def _row_to_cut(self, where, columns, fields, clips, seen, ids, policy) -> DataCut | None:
         line = "\t".join(fields)
         problem = utf8_problem(line)
         if problem is not None:
@@ -131,12 +143,16 @@ class CommonVoiceCorpus(Corpus):
         if name in seen:
             return policy.bad(where, E.DUPLICATE_ID, f"clip {name} already listed at {seen[name]}")
         seen[name] = where
+        uid = Path(name).stem  # the cut id: x.mp3 and x.wav would be one utterance twice
+        if uid in ids:
+            return policy.bad(where, E.DUPLICATE_ID, f"clip {name} has the utterance id {uid!r} of the clip at {ids[uid]}")
+        ids[uid] = where
         if not text:
             return policy.bad(where, E.EMPTY_TEXT, f"clip {name} has an empty sentence")
         audio = clips / name
         if not audio.is_file():
             return policy.bad(where, E.TRANSCRIPT_WITHOUT_AUDIO, f"{audio} not found")
-        rec = probe_recording(audio, Path(name).stem, policy, self.expected_sample_rates)
+        rec = probe_recording(audio, uid, policy, self.expected_sample_rates)
         if rec is None:
             return None
         custom = {"corpus": "commonvoice", "subset": self.split, "locale": self.locale}

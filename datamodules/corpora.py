@@ -1,4 +1,4 @@
-"""Speech corpora as lhotse ``CutSet``s: one 16 kHz ``MonoCut`` per utterance.
+"""Speech corpora as lhotse ``CutSet``s: one ``SAMPLE_RATE`` (16 kHz) cut per utterance.
 
 ``Corpus`` (``corpus_base.py``) scans once, reading audio headers only (+ a tail decode that
 catches truncated files), caches the manifest as lhotse ``jsonl.gz`` keyed by a fingerprint of
@@ -11,14 +11,16 @@ Bad-input policy (``on_bad_input``), reasons in ``datamodules/errors.py``:
   WARNING summary line (also on cache hits);
 - either way, a corpus with no usable utterance left raises ``no_usable_utterances``.
 
-Audio policies: multi-channel files are bad input (``multichannel_audio``; both corpora are mono
-and lhotse has no lazy downmix for a ``MonoCut``); an unexpected sample rate (e.g. an 8 kHz FLAC
-in LibriSpeech) is resampled lazily to 16 kHz and counted in ``corpus.notes``; a 0-byte file,
-0-sample audio, an unreadable or a truncated file are bad input.
+Audio policies (``datamodules/probe.py``, the same for ``speechxfer transcribe``): multichannel
+files are kept as lhotse ``MultiCut``s, downmixed to mono (channel mean) when loaded and counted in
+``corpus.notes["multichannel_audio"]``; an unexpected sample rate (e.g. an 8 kHz FLAC in
+LibriSpeech) is resampled lazily to 16 kHz and counted in ``corpus.notes``; a 0-byte file, 0-sample
+audio, an unreadable or a truncated file are bad input.
 """
 
 from datamodules.commonvoice import CommonVoiceCorpus
-from datamodules.corpus_base import SAMPLE_RATE, Corpus, subset_by_minutes
+from datamodules.batch import SAMPLE_RATE
+from datamodules.corpus_base import Corpus, subset_by_minutes
 from datamodules.errors import BadInputError, OOVError
 from datamodules.librispeech import LibriSpeechCorpus
 

@@ -5,7 +5,7 @@ Subclasses implement three small hooks:
 - ``_check_layout(policy) -> state``: structural checks (root, subset, TSV present) run on every
   call, cheap;
 - ``_fingerprint_entries(state)``: what the cache key hashes (stat of every source file);
-- ``_scan(state, policy) -> list[MonoCut]``: the expensive part, run only on a cache miss; its
+- ``_scan(state, policy) -> list[DataCut]``: the expensive part, run only on a cache miss; its
   skip/note counts are cached next to the manifest so a cache hit reports them too.
 """
 
@@ -18,32 +18,39 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lhotse import CutSet, Recording, SupervisionSegment
-from lhotse.cut import MonoCut
+from lhotse.cut.data import DataCut
 
 from datamodules import errors as E
+from datamodules.batch import SAMPLE_RATE
 from datamodules.manifest_cache import (ManifestCache, default_cache_dir, derive_manifest, fingerprint, ids_digest,
                                         raw_cut_dicts)
+from datamodules.probe import recording_cut
 
 logger = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 
 
-def make_cut(rec: Recording, text: str, speaker: str, language: str, custom: dict) -> MonoCut:
-    """One ``MonoCut`` (id = recording id) with one supervision, lazily resampled to 16 kHz."""
-    sup = SupervisionSegment(
+def make_cut(rec: Recording, text: str, speaker: str, language: str, custom: dict) -> DataCut:
+    """One cut (id = recording id, see ``recording_cut``) with one supervision over all its channels."""
+    cut = recording_cut(rec)
+    cut.supervisions = [SupervisionSegment(
         id=rec.id,
         recording_id=rec.id,
         start=0.0,
         duration=rec.duration,
-        channel=0,
+        channel=cut.channel,
         text=text,
         speaker=speaker,
         language=language,
         custom=custom,
-    )
-    cut = rec.to_cut()
-    cut.supervisions = [sup]
-    return cut.resample(SAMPLE_RATE) if rec.sampling_rate != SAMPLE_RATE else cut
+    )]
+    return cut
+
+
+def describe_training(corpus: Corpus | None, labelled: bool) -> str | None:
+    """``corpus.describe()`` of a training corpus, marked "(unlabelled)" when its text is not used."""
+    if corpus is None:
+        return None
+    return corpus.describe() + ("" if labelled else " (unlabelled)")
 
 
 def read_text_lines(path: Path) -> list[tuple[int, str, str | None]]:
@@ -132,6 +139,7 @@ class Corpus:
 
     corpus_name = "corpus"
     expected_sample_rates: tuple[int, ...] = (SAMPLE_RATE,)
+    language: str | None = None  # locale of the transcripts, e.g. "en", "ja" (None: unknown)
 
     def __init__(self, on_bad_input: str = "error", max_minutes: float | None = None, seed: int = 0):
         self.on_bad_input = E.check_on_bad_input(on_bad_input)
@@ -164,12 +172,12 @@ class Corpus:
     def _fingerprint_entries(self, state) -> Iterable:
         raise NotImplementedError
 
-    def _scan(self, state, policy: E.BadInputPolicy) -> list[MonoCut]:
+    def _scan(self, state, policy: E.BadInputPolicy) -> list[DataCut]:
         raise NotImplementedError
 
     # -- public ----------------------------------------------------------------------------------
     def cuts(self, cache_dir: str | Path | None = None) -> CutSet:
-        """All usable utterances as 16 kHz ``MonoCut``s (sorted by id), from cache when sources are unchanged.
+        """All usable utterances as ``SAMPLE_RATE`` cuts (sorted by id), from cache when sources are unchanged.
 
         The CutSet is LAZY: it streams the cached ``jsonl.gz`` (a 280k-utterance index is never held
         in memory). Iterate it, ``len()`` it, ``cuts[i]``, or look cuts up with
@@ -187,7 +195,8 @@ class Corpus:
         self.skipped, self.notes = Counter(policy.skipped), Counter(policy.notes)
         policy.log_summary(logger)
         if next(iter(cuts), None) is None:  # reads one line, not the whole manifest
-            raise E.BadInputError(self.root, E.NO_UTTERANCES, f"no usable utterances; {policy.summary()}")
+            why = policy.summary() or "no audio file with a transcript was found"
+            raise E.BadInputError(self.root, E.NO_UTTERANCES, f"no usable utterances; {why}")
         if self.max_minutes is not None:
             cuts = subset_by_minutes(cuts, self.max_minutes, self.seed)
         return cuts

@@ -1,13 +1,19 @@
 """``SpeechDataset`` (CutSet -> batch dict, lhotse style) and the manifest-time label checks.
 
-The sampler yields a ``CutSet`` per batch; ``dataset[cuts]`` loads the audio at 16 kHz, applies
+The sampler yields a ``CutSet`` per batch; ``dataset[cuts]`` loads the audio at ``SAMPLE_RATE``
+(multichannel cuts downmixed to mono: the mean of the channels, the one place this happens), applies
 waveform augmentation (training only), normalises + tokenises the text (labelled mode only) and
 returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
 
 Bad input (``on_bad_input``): ``"error"`` raises ``BadInputError`` naming the utterance/file and
 the reason; ``"skip"`` drops the utterance, counts it per reason (``.skipped``) and logs it.
-Label problems are found before sampling by ``check_labels`` so the sampler never builds a batch
-around an unusable utterance; audio that fails to decode can only be found at load time.
+Label problems (and clips too short for their CTC label, counted with the model backbone's exact
+frames, ``ctc_check``), clips longer than a batch (``max_duration``) and implausible speaking rates are
+found before sampling by ``check_labels`` so the sampler never builds a batch around an unusable
+utterance; audio that fails to decode (or decodes to NaN/inf) can only be found at load time. Load-time
+skips travel with the batch (``batch["load_skips"]``, a :class:`LoadSkips` record, so counts from
+DataLoader workers reach the main process); ``sampling.CountingDataLoader`` removes the record, sums it
+and drops a batch whose every utterance was skipped: a skip-mode run never stops on bad audio.
 """
 
 from __future__ import annotations
@@ -22,21 +28,59 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.utils import compute_num_samples
 from lhotse.audio.backend import (LibsndfileBackend, get_current_audio_backend, get_default_audio_backend,
                                   set_current_audio_backend)
 from torch.utils.data import Dataset
 
 from datamodules.augment import WaveformAugmentation
-from datamodules.batch import audio_key, make_batch
-from datamodules.errors import BadInputError, check_on_bad_input
+from datamodules.batch import SAMPLE_RATE, audio_key, make_batch
+from datamodules.ctc_check import FrameCounter, frames_and_needs
+from datamodules.errors import DUPLICATE_ID, NON_FINITE_AUDIO, BadInputError, check_on_bad_input
 from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
+from datamodules.probe import first_line
 
 log = logging.getLogger(__name__)
 
 OOV = "oov_character"
 EMPTY_LABEL = "empty_label"
 TOO_SHORT = "too_short_for_ctc"
+TOO_LONG = "longer_than_max_duration"
+FAST_SPEECH = "implausible_speaking_rate"
 DECODE_FAILED = "audio_decode_failed"
+LOAD_SKIPS = "load_skips"
+# Read speech runs at ~15 normalised characters (spaces included) per second, fast speakers ~20: a clip
+# with more is almost surely cut short (e.g. an MP3 truncated after the frame its header counts from)
+# or paired with the wrong transcript.
+MAX_CHARS_PER_SECOND = 25.0
+# Not errors of the data but of a batch (too long for ``max_duration``) or a suspicion (speaking rate):
+# counted skips with a warning under either ``on_bad_input``.
+ALWAYS_SKIPPED = (TOO_LONG, FAST_SPEECH)
+
+
+class LoadSkips:
+    """Load-time skips: ``counts`` per reason, the first ``examples`` per reason, batches left ``empty``."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+        self.empty_batches = 0
+
+    def add(self, error: BadInputError) -> None:
+        self.counts[error.reason] += 1
+        self.examples.setdefault(error.reason, str(error))
+
+    def merge(self, other: LoadSkips) -> None:
+        self.counts.update(other.counts)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
+        self.empty_batches += other.empty_batches
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skipped": dict(self.counts), "empty_batches": self.empty_batches, "examples": dict(self.examples)}
 
 
 class Tokenizer(Protocol):
@@ -64,12 +108,6 @@ def cut_path(cut: Any) -> str:
     """The audio source a cut reads (file path, URL, ...), for error messages."""
     recording = getattr(cut, "recording", None)
     return recording.sources[0].source if recording is not None else f"<{type(cut).__name__} {cut.id}>"
-
-
-def ctc_min_frames(token_ids: list[int]) -> int:
-    """Fewest encoder frames a CTC alignment needs: one per token plus a blank between repeats."""
-    repeats = sum(a == b for a, b in zip(token_ids, token_ids[1:]))
-    return len(token_ids) + repeats
 
 
 def encode_label(cut: Any, tokenizer: Tokenizer) -> tuple[str, list[int]]:
@@ -112,25 +150,36 @@ def load_audio(cut: Any) -> np.ndarray:
     return cut.load_audio()
 
 
-def label_problem(cut: Any, tokenizer: Tokenizer, frames_per_second: float,
-                  max_speed: float = 1.0) -> BadInputError | None:
-    """The reason ``cut`` cannot be a CTC training example, or ``None``.
+def duration_problem(cut: Any, max_duration: float | None, max_speed: float = 1.0) -> BadInputError | None:
+    """``cut`` is longer than a whole batch (``max_duration`` seconds, after speed perturbation), or ``None``.
 
-    A clip of ``d`` seconds gives ``floor(d / max_speed * frames_per_second)`` encoder frames
-    (``max_speed`` > 1 when speed perturbation may shorten it); CTC needs ``ctc_min_frames``.
+    Such a clip cannot be batched within ``max_duration`` (on a GPU sized for it: out of memory).
     """
-    try:
-        _, ids = encode_label(cut, tokenizer)
-    except BadInputError as e:
-        return e
-    frames = int(cut.duration / max_speed * frames_per_second)
-    if frames < ctc_min_frames(ids):
-        return BadInputError(
-            f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
-            f"{cut.duration:.3f} s gives {frames} frames at {frames_per_second:g}/s "
-            f"(speed <= {max_speed:g}) but its {len(ids)}-token label needs {ctc_min_frames(ids)}",
-        )
-    return None
+    if max_duration is None or cut.duration / min(max_speed, 1.0) <= max_duration:
+        return None
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", TOO_LONG,
+                         f"{cut.duration:.2f} s is longer than max_duration={max_duration:g} s (a batch's audio): "
+                         "raise max_duration or cut the recording")
+
+
+def rate_problem(cut: Any, text: str, max_chars_per_second: float | None) -> BadInputError | None:
+    """More than ``max_chars_per_second`` normalised characters per second of audio (None: no check): an
+    implausible speaking rate -- truncated audio (e.g. an MP3 cut short without an Info/Xing tag) or the
+    wrong transcript."""
+    rate = len(text) / max(cut.duration, 1e-6)
+    if max_chars_per_second is None or rate <= max_chars_per_second:
+        return None
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", FAST_SPEECH,
+                         f"{len(text)} characters in {cut.duration:.2f} s = {rate:.1f}/s > max_chars_per_second="
+                         f"{max_chars_per_second:g} (audio cut short, or the wrong transcript?)")
+
+
+def too_short(cut: Any, ids: list[int], frames: int, needed: int, max_speed: float) -> BadInputError:
+    """The error of a clip whose encoder frames (exact, from the backbone) cannot hold its CTC label."""
+    speed = f" at speed {max_speed:g}" if max_speed != 1.0 else ""
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
+                         f"{cut.duration:.3f} s gives {frames} encoder frames{speed} but its {len(ids)}-token "
+                         f"label needs {needed}")
 
 
 class ExcludeIds:
@@ -143,30 +192,77 @@ class ExcludeIds:
         return cut.id not in self.ids
 
 
-def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
-                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts") -> tuple[CutSet, Counter]:
-    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable labels.
+def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, output_lengths: FrameCounter | None,
+                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts",
+                 chunk: int = 2048, max_duration: float | None = None,
+                 max_chars_per_second: float | None = None) -> tuple[CutSet, Counter, dict[str, str]]:
+    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable utterances.
 
-    Returns the kept cuts and the per-reason skip counts. Nothing dropped: ``cuts`` itself. Else a
-    lazily opened manifest written next to the one ``cuts`` reads (``derive_manifest``; it keeps
-    ``len()``), or an in-memory filter of a CutSet that was not read from a file.
+    Every cut: longer than ``max_duration``, or an id seen twice (``duplicate_id``). With a ``tokenizer``
+    (labelled data): labels that do not encode (OOV, empty), implausible speaking rates
+    (``max_chars_per_second``) and, when ``output_lengths`` (the model backbone's exact frame count,
+    ``ctc_check``) is given, clips too short for their CTC label (at the fastest speed perturbation
+    ``max_speed``); the frames of ``chunk`` utterances are counted in one call. Too long and too fast
+    (``ALWAYS_SKIPPED``) are counted skips under either policy.
+
+    Returns the kept cuts, the per-reason skip counts and the first skip message per reason. Nothing
+    dropped: ``cuts`` itself. Else a lazily opened manifest written next to the one ``cuts`` reads
+    (``derive_manifest``; it keeps ``len()``), or an in-memory filter of a CutSet not read from a file.
     """
     check_on_bad_input(on_bad_input)
     bad: set[str] = set()
+    seen: set[str] = set()
     skipped: Counter = Counter()
-    for cut in cuts:
-        problem = label_problem(cut, tokenizer, frames_per_second, max_speed)
-        if problem is None:
-            continue
-        if on_bad_input == "error":
+    examples: dict[str, str] = {}
+
+    def report(cut: Any, problem: BadInputError) -> None:
+        if on_bad_input == "error" and problem.reason not in ALWAYS_SKIPPED:
             raise problem
         bad.add(cut.id)
         skipped[problem.reason] += 1
+        examples.setdefault(problem.reason, str(problem))
         log.debug("%s: skipped %s", name, problem)
+
+    def check_lengths(pending: list[tuple[Any, str, list[int]]]) -> None:
+        """Too short for CTC (exact frames) first: the precise reason wins over the speaking-rate suspicion."""
+        samples = [compute_num_samples(cut.duration, SAMPLE_RATE) for cut, _, _ in pending]
+        frames, needs = frames_and_needs(samples, [ids for _, _, ids in pending], output_lengths, max_speed)
+        for (cut, text, ids), n, need in zip(pending, frames, needs):
+            problem = too_short(cut, ids, n, need, max_speed) if n < need else rate_problem(cut, text,
+                                                                                           max_chars_per_second)
+            if problem is not None:
+                report(cut, problem)
+
+    pending: list[tuple[Any, str, list[int]]] = []
+    for cut in cuts:
+        problem = duration_problem(cut, max_duration, max_speed)
+        if problem is None and cut.id in seen:
+            problem = BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", DUPLICATE_ID,
+                                    "the manifest holds this utterance id more than once")
+        seen.add(cut.id)
+        if problem is None and tokenizer is not None:
+            try:
+                text, ids = encode_label(cut, tokenizer)
+            except BadInputError as error:
+                problem = error
+            else:
+                if output_lengths is not None:
+                    pending.append((cut, text, ids))
+                    if len(pending) == chunk:
+                        check_lengths(pending)
+                        pending = []
+                    continue
+                problem = rate_problem(cut, text, max_chars_per_second)
+        if problem is not None:
+            report(cut, problem)
+    if pending:
+        check_lengths(pending)
     if skipped:
-        log.warning("%s: skipped %d utterance(s) with unusable labels (%s)", name, len(bad),
-                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())))
-    return (derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts), skipped
+        log.warning("%s: skipped %d utterance(s) (%s) - first of each: %s", name, sum(skipped.values()),
+                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())),
+                    "; ".join(examples[r] for r in sorted(examples)))
+    kept = derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts
+    return kept, skipped, examples
 
 
 class SpeechDataset(Dataset):
@@ -184,7 +280,7 @@ class SpeechDataset(Dataset):
 
     def __init__(self, tokenizer: Tokenizer | None = None, labels: bool = True,
                  domain: int = 0, augment: WaveformAugmentation | None = None, on_bad_input: str = "error",
-                 sample_rate: int = 16000, seed: int = 0) -> None:
+                 sample_rate: int = SAMPLE_RATE, seed: int = 0) -> None:
         if labels and tokenizer is None:
             raise ValueError("a labelled SpeechDataset needs a tokenizer")
         self.tokenizer = tokenizer if labels else None
@@ -193,8 +289,18 @@ class SpeechDataset(Dataset):
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.sample_rate, self.seed = sample_rate, seed
         self.skipped: Counter = Counter()  # per process (DataLoader workers count their own)
+        self._batch_skips: LoadSkips | None = None
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        """The batch dict; with skips, ``batch["load_skips"]`` (:class:`LoadSkips`). Every utterance
+        skipped: ``{"ids": [], "load_skips": ...}`` (dropped by ``CountingDataLoader``)."""
+        self._batch_skips = LoadSkips()
+        batch = self._build(cuts)
+        if self._batch_skips.total():
+            batch[LOAD_SKIPS] = self._batch_skips
+        return batch
+
+    def _build(self, cuts: CutSet) -> dict[str, Any]:
         cuts = cuts.map(self._resampled) if any(c.sampling_rate != self.sample_rate for c in cuts) else cuts
         keys = {c.id: audio_key(c) for c in cuts}
         paths = {c.id: cut_path(c) for c in cuts}
@@ -212,9 +318,9 @@ class SpeechDataset(Dataset):
             if label is not None:
                 texts.append(label[0])
                 token_ids.append(label[1])
-        if not kept:
-            raise BadInputError(", ".join(sorted(paths.values())), "empty_batch",
-                                "every utterance of this batch was skipped as bad input")
+        if not kept:  # (skip mode: under "error" the first bad utterance raised)
+            self._batch_skips.empty_batches += 1
+            return {"ids": []}
         if self.augment is not None:
             waves = self.augment.apply_to_waves(waves, rng)
         return make_batch(waves, kept, [keys[i] for i in kept], self.domain,
@@ -230,18 +336,25 @@ class SpeechDataset(Dataset):
             return self._bad(e)
 
     def _load(self, cut: Any, path: str) -> torch.Tensor | None:
-        """(T,) float32 mono waveform, or None when skipped."""
+        """(T,) float32 mono waveform (channels averaged), or None when skipped."""
         try:
             audio = torch.from_numpy(load_audio(cut)).to(torch.float32)
         except Exception as e:  # any decoder failure: name the file
-            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {type(e).__name__}: {e}")) or None
-        if audio.dim() == 2:  # (channels, T): lhotse MonoCuts load (1, T)
+            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {first_line(e)}")) or None
+        if audio.dim() == 2:  # (channels, T): a MonoCut loads (1, T), a MultiCut (C, T)
             audio = audio[0] if audio.shape[0] == 1 else audio.mean(dim=0)
+        finite = torch.isfinite(audio)
+        if not bool(finite.all()):
+            n = int((~finite).sum())
+            return self._bad(BadInputError(path, NON_FINITE_AUDIO, f"utterance {cut.id!r}: {n} of {audio.numel()} "
+                                           "samples are NaN or infinite")) or None
         return audio
 
     def _bad(self, error: BadInputError) -> bool:
         if self.on_bad_input == "error":
             raise error
         self.skipped[error.reason] += 1
+        if self._batch_skips is not None:
+            self._batch_skips.add(error)
         log.warning("skipped %s", error)
         return False

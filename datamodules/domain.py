@@ -1,4 +1,18 @@
-"""``DomainAdaptationDataModule``: paired source/target training batches for DANN.
+"""``DomainAdaptationDataModule``: a labelled source corpus paired with an (unlabelled) target corpus.
+
+The generic "labelled + unlabelled" datamodule: DANN trains on it, and any method that needs a
+labelled set next to unlabelled audio (e.g. pseudo-labelling) can too. It owns both training
+corpora and shares every other setting (loaders, tokenizer, bad-input policy, augmentation) with
+``ASRDataModule``, whose subclass it is::
+
+    class_path: datamodules.DomainAdaptationDataModule
+    init_args:
+      source_train: {class_path: datamodules.LibriSpeechCorpus, init_args: {...}}   # labelled
+      target_train: {class_path: datamodules.CommonVoiceCorpus, init_args: {...}}   # unlabelled
+      target_labels: false
+      val: {source: <corpus>, target: <corpus>}
+      test: {source: <corpus>, target: <corpus>}
+      max_duration: 40.0          # ... and any other ASRDataModule setting, for both sides
 
 Training batches are ``{"source": batch, "target": batch}``.  An epoch is one pass over the
 source sampler; the target sampler runs alongside and restarts (reshuffled) whenever it runs
@@ -7,22 +21,22 @@ the whole pairing is a function of (seed, epoch) and a mid-epoch resume replays 
 
 The vocabulary comes from the SOURCE training text.  With ``target_labels=False`` the target
 training batches carry no ``targets``/``target_lengths``/``texts`` and the target transcripts
-are never read; target val/test sets are always labelled (that is the evaluation).
+are never read; val/test sets are always labelled (that is the evaluation). Val/test sets named
+"source"/"target" get that batch domain; any other name counts as source.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
-import pytorch_lightning as pl
+from lhotse import CutSet
 from torch.utils.data import DataLoader
 
-from datamodules.asr import ASRDataModule, check_resume, progress_state
+from datamodules.asr import ASRDataModule, minutes
+from datamodules.corpus_base import Corpus, describe_training
 from datamodules.sampling import DurationBucketingSampler, resolve_rank
 
-log = logging.getLogger(__name__)
 CYCLE_STRIDE = 1 << 20  # target cycles per source epoch never get near this
 
 
@@ -81,92 +95,59 @@ def _epoch_batches(sampler: DurationBucketingSampler, epoch: int) -> Iterator:
     return iter(sampler)
 
 
-class DomainAdaptationDataModule(pl.LightningDataModule):
-    """Source (labelled) + target (unlabelled unless ``target_labels``) datamodules for DANN.
+class DomainAdaptationDataModule(ASRDataModule):
+    """Labelled ``source_train`` + ``target_train`` (unlabelled unless ``target_labels``), paired batches.
 
     Args:
-        source: the labelled source-domain datamodule (domain name forced to "source").
-        target: the target-domain datamodule (domain name forced to "target"); its tokenizer is
-            the source's.
+        source_train: labelled source-domain training corpus (its text builds the tokenizer).
+        target_train: target-domain training corpus; its transcripts are read only if ``target_labels``.
         target_labels: whether target TRAINING batches carry labels.
+        val, test: ``{name: corpus}`` (usually ``{"source": ..., "target": ...}``), as ``ASRDataModule``.
+        **settings: every other ``ASRDataModule`` argument (``max_duration``, ``num_workers``,
+            ``tokenizer``, ``augment``, ``on_bad_input``, ``seed``, ...), shared by both sides.
     """
 
-    def __init__(self, source: ASRDataModule, target: ASRDataModule, target_labels: bool = False) -> None:
-        super().__init__()
-        for dm, name in ((source, "source"), (target, "target")):
-            if dm.domain != name:
-                log.info("domain adaptation: renaming datamodule domain %r -> %r", dm.domain, name)
-                dm.rename_domain(name)
-        self.source, self.target, self.target_labels = source, target, target_labels
-        target.train_labels = target_labels
-        target.share_tokenizer(source)
+    def __init__(self, source_train: Corpus, target_train: Corpus, target_labels: bool = False,
+                 val: Corpus | dict[str, Corpus] | None = None, test: Corpus | dict[str, Corpus] | None = None,
+                 **settings: Any) -> None:
+        super().__init__(train=source_train, val=val, test=test, predict=None, domain="source", train_labels=True,
+                         **settings)
+        self.target_train_corpus, self.target_labels = target_train, target_labels
         self.train_loader: PairedLoader | None = None
-        self._resume: dict[str, int] | None = None
 
-    @property
-    def tokenizer(self):
-        return self.source.tokenizer
+    def target_train_cuts(self) -> CutSet:
+        """Target training cuts: label-checked if ``target_labels``, else as scanned."""
+        return self._train_cuts("target_train", self.target_train_corpus, self.target_labels)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.source.vocab_size
-
-    @property
-    def val_domains(self) -> list[str]:
-        return self.source.val_domains + self.target.val_domains
-
-    @property
-    def test_domains(self) -> list[str]:
-        return self.source.test_domains + self.target.test_domains
-
-    @property
-    def augments_waveform(self) -> bool:
-        return self.source.augments_waveform or self.target.augments_waveform
-
-    @property
-    def sample_rate(self) -> int:
-        return self.source.sample_rate
+    def named_corpora(self) -> dict[str, Corpus]:
+        return {**super().named_corpora(), "target_train": self.target_train_corpus}
 
     def describe(self) -> dict[str, str | None]:
         """``{"source": <source train>, "target": <target train, "(unlabelled)" unless target_labels>}``."""
-        return {"source": self.source.describe()["source"], "target": self.target.describe()["target"]}
+        return {"source": describe_training(self.train_corpus, True),
+                "target": describe_training(self.target_train_corpus, self.target_labels)}
 
     @property
     def labelled_target_minutes(self) -> float:
-        return self.target.labelled_target_minutes
+        return minutes(self.target_train_cuts()) if self.target_labels else 0.0
 
     def prepare_data(self) -> None:
-        self.source.prepare_data()
-        self.target.prepare_data()
+        super().prepare_data()
+        self.target_train_cuts()
 
     def setup(self, stage: str | None = None) -> None:
-        self.source.setup(stage)
-        self.target.setup(stage)
+        super().setup(stage)
+        if stage in (None, "fit"):
+            self.target_train_cuts()
 
     def train_dataloader(self, rank: int | None = None, world_size: int | None = None) -> PairedLoader:
+        """Paired loader; ``train_batches_per_epoch`` (inherited) counts the source sampler's batches."""
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
-        loader = PairedLoader(self.source.train_dataloader(rank, world_size),
-                              self.target.train_dataloader(rank, world_size))
-        if self._resume is not None:
-            check_resume(self._resume, world_size, self.source.seed)
-            loader.fast_forward(self._resume["epoch"], self._resume["batches"])
-            self._resume = None
-        self.train_loader = loader
+        loader = PairedLoader(
+            self._training_loader(self.train_cuts(), True, "source", rank, world_size, "train"),
+            self._training_loader(self.target_train_cuts(), self.target_labels, "target", rank, world_size,
+                                  "target_train"))
+        if (resume := self._take_resume(world_size)) is not None:
+            loader.fast_forward(resume["epoch"], resume["batches"])
+        self.train_loader, self.train_sampler = loader, loader.sampler
         return loader
-
-    def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
-        """Paired batches per epoch on this rank = the source sampler's (an epoch is one source pass)."""
-        return self.source.train_batches_per_epoch(*resolve_rank(self.trainer, rank, world_size))
-
-    def val_dataloader(self, rank: int | None = None, world_size: int | None = None) -> list[DataLoader]:
-        return self.source.val_dataloader(rank, world_size) + self.target.val_dataloader(rank, world_size)
-
-    def test_dataloader(self, rank: int | None = None, world_size: int | None = None) -> list[DataLoader]:
-        return self.source.test_dataloader(rank, world_size) + self.target.test_dataloader(rank, world_size)
-
-    def state_dict(self) -> dict[str, Any]:
-        sampler = self.train_loader.sampler if self.train_loader is not None else None
-        return progress_state(self.trainer, sampler, self.source.seed)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume = dict(state_dict["train_sampler"]) if state_dict.get("train_sampler") else None

@@ -24,14 +24,18 @@ EMPTY_TEXT = "empty_text"
 DUPLICATE_ID = "duplicate_id"
 AUDIO_WITHOUT_TRANSCRIPT = "audio_without_transcript"
 TRANSCRIPT_WITHOUT_AUDIO = "transcript_without_audio"
+MISSING_FILE = "missing_file"
 EMPTY_FILE = "empty_file"
+UNREADABLE_DIR = "unreadable_directory"
+UNREADABLE_FILE = "unreadable_file"
 UNREADABLE_AUDIO = "unreadable_audio"
+NON_FINITE_AUDIO = "non_finite_audio"
 TRUNCATED_AUDIO = "truncated_audio"
 EMPTY_AUDIO = "empty_audio"
-MULTICHANNEL_AUDIO = "multichannel_audio"
 NO_UTTERANCES = "no_usable_utterances"
 # Notes: not errors, the item is kept (and fixed) but counted and logged.
-UNEXPECTED_SAMPLE_RATE = "unexpected_sample_rate"
+UNEXPECTED_SAMPLE_RATE = "unexpected_sample_rate"  # resampled to SAMPLE_RATE
+MULTICHANNEL_AUDIO = "multichannel_audio"  # downmixed to mono (channel mean) when loaded
 
 ON_BAD_INPUT = ("error", "skip")
 
@@ -68,7 +72,8 @@ class BadInputPolicy:
     ``bad(where, reason, detail)`` raises :class:`BadInputError` under ``"error"``; under
     ``"skip"`` it increments ``skipped[reason]`` (the caller then drops the item).
     ``note(...)`` counts a fixed-up oddity (e.g. resampled audio) under either mode.
-    ``examples`` keeps the first offending item per reason for the summary line.
+    ``examples`` keeps the first offending item per reason for the summary line; ``errors`` every
+    skipped item's error, in order.
     """
 
     def __init__(self, on_bad_input: str, owner: str):
@@ -77,12 +82,14 @@ class BadInputPolicy:
         self.skipped: Counter[str] = Counter()
         self.notes: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
+        self.errors: list[BadInputError] = []
 
     def bad(self, where: str | Path, reason: str, detail: str = "") -> None:
         error = BadInputError(where, reason, detail)
         if self.on_bad_input == "error":
             raise error
         self.skipped[reason] += 1
+        self.errors.append(error)
         self.examples.setdefault(reason, str(error))
         logging.getLogger(__name__).debug("skipped %s", error)
 

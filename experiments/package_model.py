@@ -1,11 +1,12 @@
 """Strip a training checkpoint down to a model to ship: weights, hyper-parameters, tokenizer, backbone config.
 
-    python experiments/package_model.py runs/source_model/v1/checkpoints/best-3400.ckpt experiments/models/synth_en_bigru.ckpt
+    python experiments/package_model.py runs/source_model/v2/checkpoints/best-1983.ckpt experiments/models/synth_en_bigru.ckpt
 
 Keeps ``state_dict`` (stored as float16 unless ``--fp32``; every loader copies it into the model's
 float32 parameters), ``hyper_parameters``, ``checkpoint["speechxfer"]``, ``global_step`` / ``epoch`` and
-the Lightning version string; drops optimizer, scheduler, loop and callback state (about two thirds of
-a training checkpoint). The result holds only tensors and plain Python types, so ``torch.load(path,
+the Lightning version string (an older ``vocab_size`` hyper-parameter is dropped: the tokenizer
+stored next to it owns the vocabulary); drops optimizer, scheduler, loop and callback state (about
+two thirds of a training checkpoint). The result holds only tensors and plain Python types, so ``torch.load(path,
 weights_only=True)`` reads it, and it loads through ``lightning_modules.load_model``,
 ``CheckpointBackbone(path)``, ``speechxfer transcribe --ckpt path`` and ``speechxfer validate|test
 --ckpt_path path``. It cannot resume training.
@@ -29,6 +30,10 @@ def package(source: str | Path, out: str | Path, fp16: bool = True) -> dict:
     if "speechxfer" not in checkpoint:
         raise ValueError(f"{source}: not a speechxfer checkpoint (no 'speechxfer' entry)")
     stripped = {key: checkpoint[key] for key in KEPT if key in checkpoint}
+    hparams = dict(stripped.get("hyper_parameters", {}))
+    if "vocab_size" in hparams and "tokenizer" in hparams:  # written before the tokenizer owned the vocabulary
+        del hparams["vocab_size"]
+        stripped["hyper_parameters"] = hparams
     dtype = torch.float16 if fp16 else None
     stripped["state_dict"] = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
                               for k, v in checkpoint["state_dict"].items()}

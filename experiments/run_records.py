@@ -1,16 +1,23 @@
-"""One :class:`RunRecord` per run, from a local run dir, a W&B offline run dir or the W&B API.
+"""One :class:`RunRecord` per run, from a local run dir or the W&B API.
 
 Local run dirs (``runs/<experiment>/<version>/``): ``summary.json`` (written by
 ``callbacks.RunSummary``) when present; otherwise everything is derived from ``metrics.csv``
 (best values, curves) and ``config.yaml`` (method, backbone, data). W&B runs: the
 ``speechxfer`` entry of the run summary (the same dict) when present, else the run's tags
 (``method:``/``backbone:``) and history.
+
+W&B *offline* run folders (``wandb/offline-run-*``) are not read: every speechxfer run writes the
+same metrics to its run dir (``metrics.csv``, ``summary.json``, where the offline run also lives),
+while the offline folder holds them only in W&B's private binary transaction log, whose format
+changes between wandb releases. A folder given on its own is reported as skipped with that hint
+(read its run dir, or ``wandb sync`` it and use ``--wandb-project``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,20 +26,25 @@ from typing import Any
 
 import yaml
 
-VAL_METRIC = re.compile(r"^val/([^/]+)/(wer|cer)$")
+log = logging.getLogger(__name__)
+# val/<domain>/<wer|cer>, test/..., and the same per extra decoder: val_<decoder>/..., test_<decoder>/...
+VAL_METRIC = re.compile(r"^(val|test)(_[a-z0-9]+)?/([^/]+)/(wer|cer)$")
 METRICS_CSV = ("metrics.csv", "csv/metrics.csv")
+WANDB_OFFLINE_HINT = ("a W&B offline run folder (not read: its metrics are in the speechxfer run dir that holds it; "
+                      "pass that run dir, or `wandb sync` it and use --wandb-project)")
 
 
 @dataclass
 class RunRecord:
     """What the comparison report needs to know about one run.
 
-    ``best`` maps ``val/<domain>/<wer|cer>`` to the best (lowest) value; ``curves`` maps the same
+    ``best`` maps ``val/<domain>/<wer|cer>`` (and ``test/...``, ``val_<decoder>/...``, ``test_<decoder>/...``
+    from validate/test runs with ``eval_decoders``) to the best (lowest) value; ``curves`` maps the same
     names to ``[(step, value), ...]`` in step order.
     """
 
     name: str
-    origin: str  # "local" | "wandb-offline" | "wandb"
+    origin: str  # "local" | "wandb"
     path: str
     method: str | None = None
     backbone: str | None = None
@@ -42,15 +54,23 @@ class RunRecord:
     trainable_params: int | None = None
     wall_time_s: float | None = None
     status: str | None = None
+    headline_metric: str | None = None  # "val/<domain>/<wer|cer>" from summary.json (CER: no-space languages)
     best: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
-    def best_of(self, domain: str, kind: str = "wer") -> float | None:
-        return self.best.get(f"val/{domain}/{kind}")
+    def best_of(self, domain: str, kind: str = "wer", family: str = "val") -> float | None:
+        """Best ``<family>/<domain>/<kind>``; family "val", "test", "test_beam", ..."""
+        return self.best.get(f"{family}/{domain}/{kind}")
+
+    @property
+    def headline_kind(self) -> str:
+        """"cer" when the run's headline metric is a CER (languages written without spaces), else "wer"."""
+        return "cer" if (self.headline_metric or "").endswith("/cer") else "wer"
 
     def primary_curve(self) -> tuple[str, list[tuple[int, float]]] | None:
         """The target WER curve if logged, else the source WER curve, else any WER curve."""
-        names = ["val/target/wer", "val/source/wer", *sorted(k for k in self.curves if k.endswith("/wer"))]
+        names = ["val/target/wer", "val/source/wer", *sorted(k for k in self.curves if k.startswith("val/") and
+                                                             k.endswith("/wer"))]
         return next(((n, self.curves[n]) for n in names if self.curves.get(n)), None)
 
 
@@ -93,44 +113,34 @@ def short_class(class_path: str | None) -> str | None:
     return class_path.rsplit(".", 1)[-1] if class_path else None
 
 
-def describe_corpus(cfg: Any) -> str | None:
-    """``LibriSpeech train-clean-100`` / ``CommonVoice en/train ≤10 min`` from a corpus config."""
-    if isinstance(cfg, dict) and "class_path" not in cfg:  # {name: corpus} of val/test
-        parts = [describe_corpus(v) for v in cfg.values()]
-        return ", ".join(p for p in parts if p) or None
-    if not isinstance(cfg, dict):
-        return None if cfg is None else str(cfg)
-    args = cfg.get("init_args") or {}
-    name = (short_class(cfg["class_path"]) or "").removesuffix("Corpus")
-    detail = "+".join(args["subsets"]) if args.get("subsets") else "/".join(
-        str(args[k]) for k in ("locale", "split") if args.get(k)
-    )
-    text = f"{name} {detail}".strip()
-    return f"{text} ≤{args['max_minutes']:g} min" if args.get("max_minutes") else text
-
-
 def data_from_config(data: dict | None) -> tuple[str | None, str | None, float | None]:
-    """(source description, target description, labelled target minutes) from the ``data`` config."""
+    """(source description, target description, labelled target minutes) from a run's ``data`` config.
+
+    The datamodule is built from the config (nothing is scanned) and describes itself
+    (``SpeechDataModule.describe``, the same text ``summary.json`` holds); the minutes are its
+    ``labelled_target_minutes`` (0.0 without labelled target data; None when the labelled target
+    corpus cannot be read here). A config this version cannot build leaves all three unknown.
+    """
     if not isinstance(data, dict):
         return None, None, None
-    args = data.get("init_args") or {}
-    if isinstance(args.get("source"), dict) and isinstance(args.get("target"), dict):  # domain adaptation
-        source, target = args["source"].get("init_args") or {}, args["target"].get("init_args") or {}
-        labelled = bool(args.get("target_labels"))
-    elif args.get("domain") == "target":
-        source, target, labelled = {}, args, bool(args.get("train_labels", True))
-    else:
-        val = args.get("val") if isinstance(args.get("val"), dict) else {}
-        source, target, labelled = args, ({"val": val["target"]} if "target" in val else {}), False
-    target_train = target.get("train")
-    minutes = None
-    if target_train is not None:
-        minutes = ((target_train.get("init_args") or {}).get("max_minutes") if labelled else 0.0)
-    return (
-        describe_corpus(source.get("train") or source.get("val")),
-        describe_corpus(target_train or target.get("val")),
-        minutes,
-    )
+    from jsonargparse import ArgumentParser
+
+    from datamodules import BadInputError, SpeechDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(SpeechDataModule, "data")
+    try:
+        datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    except Exception as err:  # jsonargparse wraps unknown classes / arguments in various errors
+        log.warning("data config not readable by this version (%s: %s); data columns left empty",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None, None, None
+    described = datamodule.describe()
+    try:
+        minutes = datamodule.labelled_target_minutes
+    except (BadInputError, OSError):  # the labelled target data is not on this machine
+        minutes = None
+    return described["source"], described["target"], minutes
 
 
 def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:
@@ -147,6 +157,7 @@ def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.trainable_params = summary.get("trainable_params", record.trainable_params)
     record.wall_time_s = summary.get("wall_time_s", record.wall_time_s)
     record.status = summary.get("status", record.status)
+    record.headline_metric = summary.get("headline_metric", record.headline_metric)
     for name, best in (summary.get("best") or {}).items():
         record.best[name] = float(best["value"] if isinstance(best, dict) else best)
 
@@ -182,7 +193,7 @@ def load_local_run(run_dir: Path) -> RunRecord:
 
 def record_from_wandb(name: str, origin: str, path: str, tags: list[str], config: dict, summary: dict,
                       history: list[dict[str, Any]]) -> RunRecord:
-    """A record from W&B run data (offline log or API)."""
+    """A record from W&B run data (the API)."""
     record = RunRecord(name=name, origin=origin, path=path)
     tag = dict(t.split(":", 1) for t in tags if ":" in t)
     record.method, record.backbone = tag.get("method"), tag.get("backbone")
@@ -191,14 +202,6 @@ def record_from_wandb(name: str, origin: str, path: str, tags: list[str], config
     if isinstance(summary.get("speechxfer"), dict):
         _from_summary(record, summary["speechxfer"])
     return record
-
-
-def load_wandb_offline(run_dir: Path) -> RunRecord:
-    from experiments.wandb_offline import read_offline_run
-
-    run = read_offline_run(run_dir)
-    return record_from_wandb(run.name or run.run_id or Path(run_dir).name, "wandb-offline", str(run_dir),
-                             run.tags, run.config, run.summary, run.history)
 
 
 def load_wandb_project(project: str) -> list[RunRecord]:
@@ -221,10 +224,11 @@ def load_wandb_project(project: str) -> list[RunRecord]:
 
 
 def discover(paths: list[Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]:
-    """Records for every run under ``paths`` (run dirs, experiment dirs or W&B offline run dirs).
+    """Records for every run under ``paths`` (run dirs or folders holding them).
 
     Returns ``(records, skipped)``; ``skipped`` lists ``(path, reason)`` of run dirs that could not
-    be read. A local run's own ``wandb/`` folder is not read separately (the run is counted once).
+    be read, W&B offline run folders outside a run dir among them (see the module docstring). A
+    local run's own ``wandb/`` folder belongs to it (the run is counted once).
     """
     records: list[RunRecord] = []
     skipped: list[tuple[str, str]] = []
@@ -239,14 +243,14 @@ def discover(paths: list[Path]) -> tuple[list[RunRecord], list[tuple[str, str]]]
             if resolved in seen or any(parent in seen for parent in resolved.parents):
                 continue
             if path.name.startswith("offline-run-") or any(path.glob("run-*.wandb")):
-                loader = load_wandb_offline
-            elif is_local_run(path) and path.name != "wandb":
-                loader = load_local_run
-            else:
+                skipped.append((str(path), WANDB_OFFLINE_HINT))
+                seen.add(resolved)
+                continue
+            if not is_local_run(path) or path.name == "wandb":
                 continue
             seen.add(resolved)
             try:
-                records.append(loader(path))
+                records.append(load_local_run(path))
             except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
                 skipped.append((str(path), f"{type(err).__name__}: {err}"))
     return records, skipped

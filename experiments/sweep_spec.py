@@ -12,10 +12,16 @@
     sampler: {type: tpe, seed: 0}           # tpe | random (optuna backend)
     parameters:                             # keys are the CLI's dotted keys
       model.init_args.lr: {distribution: log_uniform, min: 1.0e-4, max: 1.0e-2}
-      model.init_args.head_dropout: {distribution: uniform, min: 0.0, max: 0.3}
-      data.init_args.batch_seconds: {distribution: int_uniform, min: 20, max: 80}
+      model.init_args.dropout: {distribution: uniform, min: 0.0, max: 0.3}
+      model.init_args.warmup_steps: {distribution: int_uniform, min: 0, max: 100}
+      data.init_args.max_duration: {distribution: uniform, min: 20.0, max: 80.0}
       model.init_args.featurizer: {distribution: categorical, values: [last, weighted]}
 
+A spec with a ``decode:`` section (``DecodeSpec``) is a decode-only sweep over beam-search weights of a
+trained checkpoint (no training; ``experiments/decode_sweep.py`` documents it and checks its keys).
+
+The file's structure is the ``SpecFile`` dataclass (jsonargparse checks types, choices, required
+and unknown fields; ``_parameter`` adds what types cannot say: bounds and non-empty values).
 Keys are checked by parsing ``fit --config <config> <fixed_args> --<key>=<value>`` with the CLI
 parser (no class is instantiated, no data is read), so a typo or a wrong type fails before any
 trial runs.
@@ -25,30 +31,111 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
+from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse.typing import PositiveInt
 
-DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "categorical")
-DIRECTIONS = ("minimize", "maximize")
-PRUNERS = ("median", "none")
-SAMPLERS = ("tpe", "random")
+Distribution = Literal["log_uniform", "uniform", "int_uniform", "categorical"]
 
 
 class SweepSpecError(ValueError):
     """The sweep spec is invalid; the message names the spec file and the reason."""
 
 
+# --- the file's schema: jsonargparse checks types, choices, required and unknown fields ------------
+@dataclass
+class PrunerSpec:
+    """``pruner:`` (or its ``type`` alone, e.g. ``pruner: none``)."""
+
+    type: Literal["median", "none"] = "median"
+    warmup_steps: int = 0
+    startup_trials: int = 3
+
+
+@dataclass
+class SamplerSpec:
+    """``sampler:`` of the optuna backend (or its ``type`` alone)."""
+
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int | None = None
+
+
+@dataclass
+class ParameterSpec:
+    """One entry of ``parameters:`` (``min``/``max`` for the ranges, ``values`` for categorical)."""
+
+    distribution: Distribution
+    min: float | None = None
+    max: float | None = None
+    values: list[bool | int | float | str | None] | None = None
+
+
+@dataclass
+class DecodeSpec:
+    """``decode:`` of a decode-only sweep: the checkpoint and the fixed decoder settings (``DecoderConfig``
+    field names, checked by ``experiments/decode_sweep.py``)."""
+
+    ckpt: str
+    decoder: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SpecFile:
+    """The sweep YAML as written (see the module docstring); ``parameters`` are checked one by one."""
+
+    config: str
+    metric: str
+    parameters: dict[str, dict[str, Any]]
+    direction: Literal["minimize", "maximize"] = "minimize"
+    n_trials: PositiveInt = 10
+    study_name: str = ""
+    fixed_args: list[str | int | float] = field(default_factory=list)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    decode: DecodeSpec | None = None
+
+
+def parse_as(schema: type, raw: dict[str, Any]) -> Any:
+    """``raw`` as a ``schema`` dataclass instance; raises ``ValueError`` with a short reason."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(schema, "spec")
+    try:
+        return parser.instantiate(parser.parse_object({"spec": raw})).spec
+    except ArgumentError as err:
+        raise ValueError(short_reason(str(err).replace("spec.", ""), schema)) from None
+
+
+def short_reason(message: str, schema: type) -> str:
+    """jsonargparse's error as one line: a missing or unknown field, an unknown choice, or a wrong type."""
+    if found := re.search(r"arguments are required: (.+)", message):
+        return f"missing required field {found.group(1).split(', ')[0]!r}"
+    if found := re.search(r"does not accept option '([^']+)'", message):
+        return f"unknown field(s) [{found.group(1)!r}]; expected some of {sorted(f.name for f in fields(schema))}"
+    path = ".".join(re.findall(r'Parser key "([^"]+)"', message))
+    parent, _, leaf = path.rpartition(".")
+    where = f"{parent}: " if parent else ""
+    if found := re.search(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$", message, re.M):
+        return f"{where}unknown {leaf} {found.group(2)!r}; {leaf} must be one of [{found.group(1)}]"
+    types = {f.name: f.type for f in fields(schema)}
+    if (found := re.search(r"(?:Given value|Got value): (.*)$", message, re.M)) and leaf in types:
+        return f"{where}{leaf} must be {types[leaf]}, got {found.group(1)}"
+    return f"{path}: {message.strip().splitlines()[-1].strip()}"
+
+
+# --- the validated spec ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Parameter:
     """One searched hyperparameter: a dotted CLI key and its distribution."""
 
     key: str
-    distribution: str
+    distribution: Distribution
     low: float | int | None = None
     high: float | int | None = None
     values: tuple = ()
@@ -65,58 +152,45 @@ class SweepSpec:
     path: Path
     config: str
     metric: str
-    direction: str = "minimize"
+    direction: Literal["minimize", "maximize"] = "minimize"
     n_trials: int = 10
     study_name: str = ""
     fixed_args: list[str] = field(default_factory=list)
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
     parameters: list[Parameter] = field(default_factory=list)
+    decode: dict[str, Any] | None = None  # decode-only sweep: {"ckpt": ..., "decoder": {...}}
 
 
 def _fail(path: Path, reason: str) -> SweepSpecError:
     return SweepSpecError(f"{path}: {reason}")
 
 
-def _parameter(path: Path, key: str, raw: Any) -> Parameter:
-    if not isinstance(raw, dict) or "distribution" not in raw:
-        raise _fail(path, f"parameter {key!r} needs a mapping with 'distribution' (one of {DISTRIBUTIONS})")
-    dist = raw["distribution"]
-    if dist not in DISTRIBUTIONS:
-        raise _fail(path, f"parameter {key!r}: unknown distribution {dist!r} (expected one of {DISTRIBUTIONS})")
-    unknown = set(raw) - {"distribution", "min", "max", "values"}
-    if unknown:
-        raise _fail(path, f"parameter {key!r}: unknown field(s) {sorted(unknown)}")
-    if dist == "categorical":
-        values = raw.get("values")
-        if not isinstance(values, list) or not values:
-            raise _fail(path, f"parameter {key!r}: categorical needs a non-empty 'values' list")
-        if any(v is not None and not isinstance(v, (bool, int, float, str)) for v in values):
-            raise _fail(path, f"parameter {key!r}: categorical values must be scalars (str, number, bool, null)")
-        return Parameter(key, dist, values=tuple(values))
-    if "min" not in raw or "max" not in raw:
-        raise _fail(path, f"parameter {key!r}: {dist} needs 'min' and 'max'")
-    low, high = raw["min"], raw["max"]
-    cast = int if dist == "int_uniform" else float
-    if dist == "int_uniform" and not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
-        raise _fail(path, f"parameter {key!r}: int_uniform bounds must be integers, got {low!r}, {high!r}")
+def _parameter(key: str, raw: Any) -> Parameter:
+    """Types and names by ``ParameterSpec``; what they cannot say (bounds, emptiness) checked here."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"parameter {key!r} needs a mapping with 'distribution' (one of {get_args(Distribution)})")
     try:
-        low, high = cast(low), cast(high)
-    except (TypeError, ValueError):
-        raise _fail(path, f"parameter {key!r}: min/max must be numbers, got {low!r}, {high!r}") from None
+        spec = parse_as(ParameterSpec, raw)
+    except ValueError as err:
+        raise ValueError(f"parameter {key!r}: {err}") from None
+    if spec.distribution == "categorical":
+        if not spec.values:
+            raise ValueError(f"parameter {key!r}: categorical needs a non-empty 'values' list")
+        return Parameter(key, spec.distribution, values=tuple(spec.values))
+    if spec.min is None or spec.max is None:
+        raise ValueError(f"parameter {key!r}: {spec.distribution} needs 'min' and 'max'")
+    low, high = spec.min, spec.max
+    if spec.distribution == "int_uniform":
+        if not (low.is_integer() and high.is_integer() and all(type(raw[k]) is int for k in ("min", "max"))):
+            raise ValueError(f"parameter {key!r}: int_uniform bounds must be integers, "
+                             f"got {raw['min']!r}, {raw['max']!r}")
+        low, high = int(low), int(high)
     if not low < high or not (math.isfinite(low) and math.isfinite(high)):
-        raise _fail(path, f"parameter {key!r}: need finite min < max, got {low!r}, {high!r}")
-    if dist == "log_uniform" and low <= 0:
-        raise _fail(path, f"parameter {key!r}: log_uniform needs min > 0, got {low!r}")
-    return Parameter(key, dist, low=low, high=high)
-
-
-def _choice(path: Path, raw: Any, name: str, choices: Sequence[str], default: str) -> dict[str, Any]:
-    options = {"type": raw} if isinstance(raw, str) or raw is None else dict(raw)
-    options["type"] = options.get("type") or default
-    if options["type"] not in choices:
-        raise _fail(path, f"{name}: unknown type {options['type']!r} (expected one of {list(choices)})")
-    return options
+        raise ValueError(f"parameter {key!r}: need finite min < max, got {low!r}, {high!r}")
+    if spec.distribution == "log_uniform" and low <= 0:
+        raise ValueError(f"parameter {key!r}: log_uniform needs min > 0, got {low!r}")
+    return Parameter(key, spec.distribution, low=low, high=high)
 
 
 def _resolve_config(spec_path: Path, config: str) -> str:
@@ -137,33 +211,28 @@ def load_spec(path: str | Path) -> SweepSpec:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise _fail(path, "expected a YAML mapping")
-    for required in ("config", "metric", "parameters"):
-        if not raw.get(required):
-            raise _fail(path, f"missing required field {required!r}")
-    known = {"config", "metric", "direction", "n_trials", "study_name", "fixed_args", "pruner", "sampler", "parameters"}
-    if unknown := set(raw) - known:
-        raise _fail(path, f"unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
-    if raw.get("direction", "minimize") not in DIRECTIONS:
-        raise _fail(path, f"direction must be one of {DIRECTIONS}, got {raw['direction']!r}")
-    if not isinstance(raw["parameters"], dict):
-        raise _fail(path, "parameters must map dotted CLI keys to distributions")
-    fixed = raw.get("fixed_args") or []
-    if not isinstance(fixed, list) or not all(isinstance(a, (str, int, float)) for a in fixed):
-        raise _fail(path, "fixed_args must be a list of command-line arguments")
-    n_trials = raw.get("n_trials", 10)
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise _fail(path, f"n_trials must be a positive integer, got {n_trials!r}")
+    for choice in ("pruner", "sampler"):  # the type alone: ``pruner: none``
+        if isinstance(raw.get(choice), str):
+            raw[choice] = {"type": raw[choice]}
+    try:
+        spec = parse_as(SpecFile, {k: v for k, v in raw.items() if v is not None})
+        parameters = [_parameter(str(k), v) for k, v in spec.parameters.items()]
+    except ValueError as err:
+        raise _fail(path, str(err)) from None
+    if not parameters:
+        raise _fail(path, "missing required field 'parameters'")
     return SweepSpec(
         path=path,
-        config=_resolve_config(path, str(raw["config"])),
-        metric=str(raw["metric"]),
-        direction=raw.get("direction", "minimize"),
-        n_trials=n_trials,
-        study_name=str(raw.get("study_name") or path.stem),
-        fixed_args=[str(a) for a in fixed],
-        pruner=_choice(path, raw.get("pruner"), "pruner", PRUNERS, "median"),
-        sampler=_choice(path, raw.get("sampler"), "sampler", SAMPLERS, "tpe"),
-        parameters=[_parameter(path, str(k), v) for k, v in raw["parameters"].items()],
+        config=_resolve_config(path, spec.config),
+        metric=spec.metric,
+        direction=spec.direction,
+        n_trials=spec.n_trials,
+        study_name=spec.study_name or path.stem,
+        fixed_args=[str(a) for a in spec.fixed_args],
+        pruner=vars(spec.pruner),
+        sampler=vars(spec.sampler),
+        parameters=parameters,
+        decode=None if spec.decode is None else vars(spec.decode),
     )
 
 

@@ -1,25 +1,38 @@
 """Transcribe audio files with a trained checkpoint — the checkpoint alone, no config, no network.
 
     speechxfer transcribe --ckpt runs/quickstart/<version>/checkpoints/last.ckpt clip.flac more/ other.mp3
+    speechxfer transcribe --ckpt CKPT --decoder beam --beam-size 50 --lexicon lm/lexicon.txt --lm lm/lm.arpa \
+        --lm-weight 1.0 --word-score 0 clip.flac          # beam search + LM (lexicon/LM: `speechxfer lm`)
 
 Prints one ``<path>\t<text>`` line per file, in the order given (folders are searched recursively
-for .flac/.wav/.mp3/.ogg). Audio is downmixed to mono and resampled to the model's 16 kHz.
-Unreadable files are reported on stderr by name and reason and make the exit status 1.
+for .flac/.wav/.mp3/.ogg). The audio takes the training path: ``ASRDataModule(predict=[files])``
+checks each file like a corpus file and reads it through lhotse and ``SpeechDataset``, so
+``speechxfer transcribe`` and ``speechxfer test`` see the same samples (resampled to 16 kHz;
+multichannel audio downmixed to mono, counted in a warning on stderr). Unreadable files are
+reported on stderr (``error: <path>: <reason>: <detail>``) and make the exit status 1.
+
+Three steps, each one function: :func:`build_datamodule` (files -> predict datamodule),
+``load_model`` (checkpoint -> module), :func:`predict` (Lightning's predict loop; every batch is
+decoded by ``CTCModule.predict_step`` -> ``CTCModule.decode``, the one decoding call).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
+
+from datamodules import errors as E
+from datamodules.asr import ASRDataModule
+from datamodules.errors import BadInputError
+from lightning_modules.decoding import add_decoder_arguments, decoder_config_from_args
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
-SAMPLE_RATE = 16000
 
 
 def expand_inputs(paths: Sequence[str]) -> list[Path]:
@@ -34,68 +47,55 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def read_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """(T,) float32 mono waveform at ``sample_rate``; raises ValueError naming the file."""
+def build_datamodule(files: Sequence[Path], max_seconds: float = 60.0) -> ASRDataModule:
+    """Predict-only datamodule over ``files`` (cut id = the path as given); bad files are counted skips."""
+    return ASRDataModule(predict=[str(f) for f in files], max_duration=max_seconds, shuffle=False, num_workers=0,
+                         on_bad_input="skip")
+
+
+def predict(model, datamodule: ASRDataModule, device: str = "cpu") -> dict[str, str]:
+    """``{cut id: transcript}`` from ``Trainer.predict`` (eval mode, no grad, batches moved to ``device``)."""
+    from pytorch_lightning import Trainer
+
+    accelerator, _, index = device.partition(":")
+    trainer = Trainer(accelerator="cpu" if accelerator == "cpu" else "gpu", devices=[int(index)] if index else 1,
+                      logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      use_distributed_sampler=False)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise ValueError(f"{path}: cannot decode audio ({err})") from err
-    if data.shape[0] == 0:
-        raise ValueError(f"{path}: zero-length audio")
-    wave = torch.from_numpy(data).mean(dim=1)
-    return AF.resample(wave, sr, sample_rate) if sr != sample_rate else wave
-
-
-def batches(waves: list[torch.Tensor], max_seconds: float) -> Iterator[list[int]]:
-    """Indices grouped so each padded batch holds at most ``max_seconds`` of audio (longest × count)."""
-    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-    group: list[int] = []
-    for i in order:
-        longest = max(len(waves[j]) for j in group + [i])
-        if group and longest * (len(group) + 1) > max_seconds * SAMPLE_RATE:
-            yield group
-            group = []
-        group.append(i)
-    if group:
-        yield group
-
-
-@torch.inference_mode()
-def transcribe_files(model, files: list[Path], max_seconds: float = 60.0) -> tuple[dict[Path, str], dict[Path, str]]:
-    """Returns ({path: text}, {path: error}) for ``files``."""
-    waves, errors, readable = [], {}, []
-    for path in files:
-        try:
-            waves.append(read_audio(path))
-            readable.append(path)
-        except ValueError as err:
-            errors[path] = str(err)
-    texts: dict[Path, str] = {}
-    device = next(model.parameters()).device
-    for group in batches(waves, max_seconds):
-        lengths = torch.tensor([len(waves[i]) for i in group])
-        audio = torch.nn.utils.rnn.pad_sequence([waves[i] for i in group], batch_first=True)
-        for i, text in zip(group, model.transcribe(audio.to(device), lengths.to(device))):
-            texts[readable[i]] = text
-    return texts, errors
+        outputs = trainer.predict(model, datamodule=datamodule)
+    except BadInputError as err:
+        if err.reason != E.NO_UTTERANCES:
+            raise
+        return {}  # every file was bad: each one is in datamodule.predict_errors
+    return {cut_id: text for batch in outputs for cut_id, text in zip(batch["ids"], batch["transcripts"])}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="speechxfer transcribe", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint written by speechxfer fit")
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="audio seconds per batch")
+    add_decoder_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        decoding = decoder_config_from_args(args)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no "GPU available: ..." banner
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
-    from lightning_modules import load_model
+    from lightning_modules import build_decoder, load_model
 
-    model = load_model(args.ckpt, map_location=args.device).eval()
     files = expand_inputs(args.inputs)
-    texts, errors = transcribe_files(model, files, args.max_seconds)
-    for path in files:
+    datamodule = build_datamodule(files, args.max_seconds)
+    model = load_model(args.ckpt)
+    model.predict_decoder = build_decoder(decoding, model.tokenizer)
+    texts = predict(model, datamodule, args.device)
+    errors = {error.where: error for error in datamodule.predict_errors}
+    for path in map(str, files):
         if path in texts:
             print(f"{path}\t{texts[path]}")
         else:
-            print(f"error: {errors.get(path, 'not transcribed')}", file=sys.stderr)
+            print(f"error: {errors.get(path, f'{path}: not transcribed')}", file=sys.stderr)
     return 1 if errors else 0

@@ -7,8 +7,10 @@ both feed ``GradientReversal`` → ``DomainClassifier`` (source = 0, target = 1)
     loss = ctc(source) + domain_loss_weight · CE(domain)   with the encoder gradient of CE × −λ
 
 λ follows ``lambda_schedule``: "ganin" λ_p = λ_max·(2/(1+exp(−γp)) − 1) with p = global_step / total
-optimizer steps of the fit (``optim.total_optimizer_steps``), or "constant" λ_max. Validation/test
-are the core's (per-domain WER). The domain classifier is optimised in the "head" param group.
+optimizer steps of the fit, or "constant" λ_max. The total is the LR scheduler's ``total_steps``
+(``optim.TransferLRScheduler``, checkpointed): λ and the lr decay span one horizon, also after a
+resume with another ``max_steps``. Validation/test are the core's (per-domain WER). The domain
+classifier is optimised in the "head" param group.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from lightning_modules.backbones.base import Backbone
 from lightning_modules.ctc import CTCModule
 from lightning_modules.grl import GradientReversal, dann_lambda
 from lightning_modules.heads import DomainClassifier, domain_loss
-from lightning_modules.optim import total_optimizer_steps
 
 
 class DANNCTC(CTCModule):
@@ -31,25 +32,28 @@ class DANNCTC(CTCModule):
     ``domain_level``: "utterance" (masked mean pooling) or "frame" (every valid frame classified).
     """
 
-    def __init__(self, backbone: Backbone, vocab_size: int, lambda_max: float = 1.0,
+    def __init__(self, backbone: Backbone, tokenizer: dict, lambda_max: float = 1.0,
                  lambda_schedule: Literal["ganin", "constant"] = "ganin", gamma: float = 10.0,
                  domain_level: Literal["utterance", "frame"] = "utterance",
                  domain_hidden: int = 256, domain_loss_weight: float = 1.0, **kwargs) -> None:
-        super().__init__(backbone, vocab_size, **kwargs)
+        super().__init__(backbone, tokenizer, **kwargs)
         dann_lambda(lambda_schedule, 0.0)  # validate the name now, not at the first step
         self.grl = GradientReversal(0.0)
-        self.total_steps = math.inf  # optimizer steps of the fit, known at on_train_start
         self.domain_classifier = DomainClassifier(backbone.output_dim, domain_hidden, 2, domain_level,
                                                   self.hparams.dropout)
 
+    @property
+    def total_steps(self) -> float:
+        """Optimizer steps of the fit: the LR scheduler's (restored from the checkpoint on resume)."""
+        return self.lr_schedulers().total_steps
+
     def on_train_start(self) -> None:
-        self.total_steps = total_optimizer_steps(self.trainer)
         if self.hparams.lambda_schedule != "constant" and not math.isfinite(self.total_steps):
             raise ValueError("DANNCTC: the ganin lambda schedule needs the number of training steps; set "
                              "trainer.max_steps or trainer.max_epochs (or lambda_schedule: constant)")
 
     def progress(self) -> float:
-        """p in [0, 1]: global step / total optimizer steps of the fit (0 before training starts)."""
+        """p in [0, 1]: global step / total optimizer steps of the fit."""
         return min(self.global_step / self.total_steps, 1.0)
 
     def current_lambda(self) -> float:
@@ -68,7 +72,7 @@ class DANNCTC(CTCModule):
         logits = [self.domain_classifier(self.grl(f), n) for f, n in ((feats_s, len_s), (feats_t, len_t))]
         dom_loss, dom_acc = domain_loss(logits, [len_s, len_t])
         loss = ctc + self.hparams.domain_loss_weight * dom_loss
-        self.log_train_stats(loss, len_s, source)
+        self.log_train_stats(loss, len(len_s))
         size = len(len_s) + len(len_t)
         self.log_dict({"train/ctc_loss": ctc, "train/domain_loss": dom_loss, "train/domain_acc": dom_acc},
                       on_step=True, on_epoch=True, batch_size=size, sync_dist=True)

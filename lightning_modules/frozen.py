@@ -9,7 +9,8 @@ Feature cache: with ``feature_cache_dir`` set, the selected hidden states are lo
 ``batch["audio_keys"]`` in a ``FeatureCache`` (namespace: backbone identity, layers, sample rate)
 and computed + stored on a miss (a batch is served from the cache only if every utterance is
 cached). If the datamodule augments waveforms (``augments_waveform``), features change every
-epoch, so the cache is disabled for training batches (warning logged) and used for val/test only.
+epoch, so the cache is disabled for training batches (warning logged) and used for val/test only;
+without a datamodule (plain dataloaders) training batches are cached.
 ``feature_cache_dtype="float16"`` halves disk use; "float32" stores exact features.
 """
 
@@ -21,6 +22,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from datamodules.base import speech_datamodule
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.ctc import CTCModule
 from lightning_modules.feature_cache import FeatureCache, pad_features
@@ -29,10 +31,12 @@ from lightning_modules.feature_cache import FeatureCache, pad_features
 class FrozenFeatureCTC(CTCModule):
     """``CTCModule`` on a frozen backbone; other args as ``CTCModule`` (default featurizer "weighted")."""
 
-    def __init__(self, backbone: Backbone, vocab_size: int, featurizer: Literal["last", "weighted"] = "weighted",
+    frozen_backbone = True
+
+    def __init__(self, backbone: Backbone, tokenizer: dict, featurizer: Literal["last", "weighted"] = "weighted",
                  feature_cache_dir: str | None = None,
                  feature_cache_dtype: Literal["float16", "float32"] = "float16", **kwargs) -> None:
-        super().__init__(backbone, vocab_size, featurizer=featurizer, **kwargs)
+        super().__init__(backbone, tokenizer, featurizer=featurizer, **kwargs)
         if feature_cache_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_cache_dtype must be 'float16' or 'float32', got {feature_cache_dtype!r}")
         self.backbone.requires_grad_(False)
@@ -51,15 +55,14 @@ class FrozenFeatureCTC(CTCModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.hparams.feature_cache_dir and self.cache is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            self._train_cache = not getattr(dm, "augments_waveform", False)
+            datamodule = speech_datamodule(self._trainer)
+            self._train_cache = datamodule is None or not datamodule.augments_waveform
             if not self._train_cache:
                 rank_zero_warn("FrozenFeatureCTC: the datamodule augments waveforms, so the feature cache is "
                                "disabled for training batches (used for validation/test only)")
-            rate = getattr(dm, "sample_rate", None) or self.backbone.sample_rate
             dtype = getattr(torch, self.hparams.feature_cache_dtype)
             self.cache = FeatureCache.for_backbone(self.hparams.feature_cache_dir, self.backbone, self.layers,
-                                                   rate, dtype=dtype)
+                                                   self.backbone.sample_rate, dtype=dtype)
             rank_zero_info(f"FrozenFeatureCTC: feature cache at {self.cache.dir}")
 
     def hidden_states(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None

@@ -12,15 +12,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-
-def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """(B, T) bool, True on valid frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+from datamodules.batch import lengths_to_mask
 
 
 def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
     """(B, T, F) -> (B, F): mean over the valid frames of each row (rows of length 0 give 0)."""
-    mask = frame_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
     return (x * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
@@ -89,7 +86,7 @@ def valid_frames(logits: Tensor, lengths: Tensor) -> Tensor:
     """Domain logits (B, D) -> unchanged; (B, T, D) -> (N, D) on the N valid frames only."""
     if logits.dim() == 2:
         return logits
-    return logits[frame_mask(lengths, logits.shape[1])]
+    return logits[lengths_to_mask(lengths, logits.shape[1])]
 
 
 def domain_loss(logits: Sequence[Tensor], lengths: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

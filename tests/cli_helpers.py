@@ -9,8 +9,9 @@
     shared_workdir / shared_quickstart_run   per-session artefacts shared by the CLI test modules
 
 Callbacks the tests inject through configs (subprocesses import them via ``PYTHONPATH``):
-``DumpTrainState`` (per-step batch ids / epoch / trainable set, per-rank final parameters) and
-``Throttle`` (sleeps before each step from a given step on: a window for SIGKILL).
+``DumpTrainState`` (per-step batch ids / epoch / trainable set, per-rank final parameters),
+``Throttle`` (sleeps before each step from a given step on: a window for SIGKILL) and
+``TranscriptRecorder`` (the transcripts of a ``speechxfer test`` run).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class TinySubstitutions:
                 node["init_args"] = handler(dict(args))
         if "feature_cache_dir" in node:
             node["feature_cache_dir"] = str(self.work / "feature_cache")
+        if isinstance(node.get("noise"), str) and self._root(node["noise"]) is None:  # augment noise under data/
+            node["noise"] = None
         return node
 
     def _root(self, root: str) -> str | None:
@@ -111,6 +114,8 @@ class TinySubstitutions:
             args = {**args, "tokenizer_path": str(REPO / args["tokenizer_path"])}
         return {**args, "num_workers": 0}
 
+    _DomainAdaptationDataModule = _ASRDataModule  # noqa: N815
+
     def _TorchaudioBackbone(self, args: dict) -> dict:  # noqa: N802
         bundle = args.get("bundle", "WAV2VEC2_BASE")
         overrides = {**(args.get("config_overrides") or {}), **TINY_TORCHAUDIO}
@@ -121,14 +126,18 @@ class TinySubstitutions:
             raise ValueError("this config needs a checkpoint for its CheckpointBackbone: pass ckpt=")
         return {**args, "path": str(self.ckpt)}
 
+    def _FineTuneCTC(self, args: dict) -> dict:  # noqa: N802
+        """``init_head_from`` (the source model's head) follows the CheckpointBackbone to the tiny checkpoint."""
+        return {**args, "init_head_from": str(self.ckpt)} if args.get("init_head_from") else args
+
     def make_corpora(self) -> None:
         """Generate (once) every LibriSpeech subset and Common Voice split the rewritten configs named."""
         root = self.work / "tiny_corpus"
         missing = [s for s in sorted(self.librispeech) if not (root / "LibriSpeech" / s).is_dir()]
         if missing:
             make_librispeech(root, {s: LS_COUNTS.get(s.split("-")[0], 4) for s in missing})
-            for subset in missing:  # training text must cover every character of the eval sets
-                add_librispeech_utterance(root, subset, " ".join(WORDS))
+            for chapter, subset in enumerate(missing, start=1):  # text covering every character; ids unique
+                add_librispeech_utterance(root, subset, " ".join(WORDS), chapter=chapter)
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
                 splits = (set(CV_COUNTS) | {s for loc, s in self.commonvoice if loc == locale}) - {"validated"}
@@ -203,7 +212,8 @@ def callbacks_yaml(path: Path, callbacks: list[dict]) -> Path:
 # ---------------------------------------------------------------- running the CLI
 def cli_env(**extra: str) -> dict[str, str]:
     """Subprocess environment: repo importable, W&B offline, one thread, no inherited run dir."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID")}
+    drop = ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID", "WANDB_SERVICE")  # (W&B: this process's service)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
@@ -307,6 +317,22 @@ class DumpTrainState(pl.Callback):
         torch.save(state, self._out(trainer) / f"train_state_rank{trainer.global_rank}.pt")
 
 
+class TranscriptRecorder(pl.Callback):
+    """Writes ``{utterance id: transcript}`` of a ``speechxfer test`` run to ``path`` (JSON) at test end.
+
+    Reads the ``{"ids", "transcripts"}`` that ``CTCModule.test_step`` returns.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path, self.transcripts = path, {}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.transcripts.update(zip(outputs["ids"], outputs["transcripts"]))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(json.dumps(self.transcripts))
+
+
 def batch_ids(batch: Any) -> list[str]:
     """Utterance ids of a batch dict, or of both halves of a DANN ``{"source", "target"}`` batch."""
     if "ids" in batch:
@@ -360,3 +386,56 @@ def shared_quickstart_run(tmp_path_factory) -> Path:
                  *QUICKSTART_ARGS])
         _SHARED["quickstart"] = runs / "quickstart" / "qs"
     return _SHARED["quickstart"]
+
+
+# ---------------------------------------------------------------- fault tests (issue 11)
+TINY_QUICKSTART = {
+    "model": {"init_args": {
+        "backbone": {"init_args": {"n_mels": 40, "conv_channels": 8, "hidden": 32, "num_layers": 1,
+                                   "kind": "bilstm", "subsampling": 4, "dropout": 0.0}},
+        "dropout": 0.0, "warmup_steps": 0,
+    }},
+    "data": {"init_args": {"max_duration": 4.0, "num_buckets": 2}},
+    "trainer": {"max_epochs": -1, "check_val_every_n_epoch": None, "val_check_interval": 2, "log_every_n_steps": 1},
+}
+
+
+def tiny_quickstart(work: Path, overrides: dict | None = None) -> Path:
+    """The quickstart experiment on generated tone-speech corpora under ``work``, a 1-layer model: seconds per run.
+
+    The training corpus is ``work/tiny_corpus/LibriSpeech/train-clean-100`` (damage it before running).
+    """
+    return tiny_config(EXPERIMENTS / "quickstart.yaml", work, all_data=True,
+                       overrides=deep_merge(TINY_QUICKSTART, overrides or {}))
+
+
+def fit_in_process(args: list, cwd: Path) -> int:
+    """``speechxfer fit ARGS`` in this process (``experiments.cli.main``); its exit status."""
+    from experiments.cli import main
+
+    with in_process_cli(cwd):
+        return main(["fit", *map(str, args)])
+
+
+class PoisonBatch(pl.Callback):
+    """Writes NaN into the audio of the training batch at global step ``step`` (a non-finite loss there)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch["audio"][0, :100] = float("nan")
+
+
+class RaiseAtStep(pl.Callback):
+    """Raises ``RuntimeError`` at the start of global step ``step`` (a run that fails mid-way)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"RaiseAtStep: failing at step {self.step} on purpose")

@@ -4,6 +4,7 @@
     char_tokenizer()                      CharTokenizer over corpus_factory.ALPHABET
     tone_batch(texts, tokenizer, ...)     a batch dict (ARCHITECTURE.md) of tone speech
     TinyDataModule(...)                   fixed in-memory batches; val/test per domain; DANN pairs
+    FixedContract                         datamodule contract as fixed class attributes (stand-in datamodules)
     LossRecorder()                        callback collecting the training loss of every step
 
 Fixtures: ``one_thread`` (tiny models run fastest on one thread and the cores are shared),
@@ -19,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.base import SpeechDataModule
 from datamodules.batch import make_batch
 from datamodules.text import CharTokenizer
 from lightning_modules.backbones.scratch import ScratchEncoder
@@ -58,12 +60,38 @@ def chunked(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-class TinyDataModule(pl.LightningDataModule):
-    """In-memory batches with the datamodule attributes the modules read.
+class FixedContract(SpeechDataModule):
+    """The contract members as fixed class attributes, for stand-in datamodules (nothing to resume).
+
+    Subclasses set ``tokenizer``, ``val_domains``/``test_domains``, ``labelled_target_minutes``,
+    ``batches_per_epoch`` and ``description`` as needed and add their dataloaders.
+    """
+
+    tokenizer = None
+    val_domains = test_domains = ["source"]
+    labelled_target_minutes = 0.0
+    batches_per_epoch = 1
+    description = {"source": None, "target": None}
+
+    def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
+        return self.batches_per_epoch
+
+    def describe(self) -> dict[str, str | None]:
+        return dict(self.description)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
+class TinyDataModule(SpeechDataModule):
+    """In-memory batches behind the datamodule contract (``datamodules.base.SpeechDataModule``).
 
     ``dann=True`` makes training batches ``{"source": b, "target": b}`` (target shifted by
     ``target_shift``, labelled only if ``target_labels``). ``val_domains`` names the val/test loaders:
-    "source" is unshifted, any other name is shifted.
+    "source" is unshifted, any other name is shifted. Nothing to resume: ``state_dict()`` is empty.
     """
 
     def __init__(self, tokenizer=None, n_train: int = 8, batch_size: int = 4, n_val: int = 4,
@@ -71,9 +99,8 @@ class TinyDataModule(pl.LightningDataModule):
                  target_shift: float = 0.5, augments_waveform: bool = False, seed: int = 0,
                  n_val_batches: int = 1) -> None:
         super().__init__()
-        self.tokenizer = tokenizer or char_tokenizer()
-        self.val_domains = self.test_domains = list(val_domains)
-        self.augments_waveform, self.sample_rate = augments_waveform, 16000
+        self._tokenizer = tokenizer or char_tokenizer()
+        self._domains, self._augments = list(val_domains), augments_waveform
         tok = self.tokenizer
         source = [tone_batch(c, tok, seed=seed + 100 * i)
                   for i, c in enumerate(chunked(texts(n_train, seed), batch_size))]
@@ -88,6 +115,38 @@ class TinyDataModule(pl.LightningDataModule):
              for j in range(n_val_batches)]
             for d, name in enumerate(val_domains)
         ]
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return self._tokenizer
+
+    @property
+    def val_domains(self) -> list[str]:
+        return self._domains
+
+    @property
+    def test_domains(self) -> list[str]:
+        return self._domains
+
+    @property
+    def augments_waveform(self) -> bool:
+        return self._augments
+
+    def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
+        return len(self.train_batches)
+
+    def describe(self) -> dict[str, str | None]:
+        return {"source": "tiny tone speech", "target": None}
+
+    @property
+    def labelled_target_minutes(self) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_batches, batch_size=None)

@@ -17,7 +17,7 @@ from lightning_modules.backbones import (
     ScratchEncoder,
     TorchaudioBackbone,
     build_backbone,
-    normalize_waveform,
+    masked_normalize,
     save_backbone_weights,
 )
 from lightning_modules.backbones.base import file_sha1
@@ -222,11 +222,21 @@ def test_too_short_audio_raises_clear_error():
 
 def test_normalize_waveform_uses_valid_samples_only():
     x = torch.randn(1, 500) * 3 + 1
-    torch.testing.assert_close(normalize_waveform(x, torch.tensor([500])), F.layer_norm(x, x.shape))
+    torch.testing.assert_close(masked_normalize(x, torch.tensor([500])), F.layer_norm(x, x.shape))
     padded = torch.cat([x, torch.full((1, 100), 7.0)], dim=1)
-    out = normalize_waveform(padded, torch.tensor([500]))
+    out = masked_normalize(padded, torch.tensor([500]))
     torch.testing.assert_close(out[:, :500], F.layer_norm(x, x.shape))
     assert out[:, 500:].abs().sum() == 0
+
+
+def test_feature_cmvn_uses_valid_frames_only_per_bin():
+    feats = torch.randn(2, 40, 3) * 2 + 5
+    out = masked_normalize(torch.cat([feats, torch.full((2, 10, 3), 9.0)], dim=1), torch.tensor([40, 25]))
+    for row, n in ((0, 40), (1, 25)):
+        valid = feats[row, :n]
+        expected = (valid - valid.mean(0)) / valid.var(0, unbiased=False).add(1e-5).sqrt()
+        torch.testing.assert_close(out[row, :n], expected)
+    assert out[0, 40:].abs().sum() == 0 and out[1, 25:].abs().sum() == 0
 
 
 def test_hf_backbone_without_transformers_says_how_to_install(monkeypatch):

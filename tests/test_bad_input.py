@@ -17,6 +17,7 @@ from tests.corpus_factory import CV_COLUMNS, make_commonvoice, make_librispeech,
 
 from datamodules import errors as E
 from datamodules.corpora import CommonVoiceCorpus, LibriSpeechCorpus
+from datamodules.dataset import SpeechDataset
 from datamodules.errors import BadInputError
 
 LS = "LibriSpeech/dev-clean"
@@ -106,11 +107,18 @@ def test_malformed_transcript_line(ls_root, caplog, tmp_path):
     expect_bad(ls(ls_root), E.MALFORMED_ROW, f"{trans}:3", 4, caplog, tmp_path)
 
 
-def test_stereo_flac_is_bad_input(ls_root, caplog, tmp_path):
+def test_stereo_flac_is_downmixed_with_counted_warning(ls_root, caplog, tmp_path):
+    """One multichannel policy for training and ``speechxfer transcribe``: keep, downmix (mean), count, log."""
     flac = ls_root / CHAPTER / "100-200-0000.flac"
     mono = tone_speech("cat")
-    sf.write(str(flac), np.stack([mono, mono], axis=1), 16000)
-    expect_bad(ls(ls_root), E.MULTICHANNEL_AUDIO, str(flac), 3, caplog, tmp_path)
+    sf.write(str(flac), np.stack([mono, 0.5 * mono], axis=1), 16000)
+    corpus = LibriSpeechCorpus(ls_root, ["dev-clean"])  # not an error even under "error"
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        cuts = corpus.cuts(tmp_path / "cache")
+    assert len(cuts) == 4 and not corpus.skipped and corpus.notes == {E.MULTICHANNEL_AUDIO: 1}
+    assert any(E.MULTICHANNEL_AUDIO in r.getMessage() and str(flac) in r.getMessage() for r in caplog.records)
+    batch = SpeechDataset(labels=False)[cuts.subset(cut_ids=["100-200-0000"])]
+    np.testing.assert_allclose(batch["audio"][0].numpy(), 0.75 * mono, atol=1e-4)  # mean of the two channels
 
 
 def test_zero_byte_flac(ls_root, caplog, tmp_path):

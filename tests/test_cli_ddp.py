@@ -87,9 +87,7 @@ def test_finetune_with_gradual_unfreezing(quickstart_run: Path, work: Path, tmp_
 
 
 def test_dann(quickstart_run: Path, work: Path, tmp_path: Path):
-    short = {"max_duration": 3.0}
-    overrides = {**SHORT_RUN, "callbacks": [DUMP],
-                 "data": {"init_args": {"source": {"init_args": short}, "target": {"init_args": short}}}}
+    overrides = {**SHORT_RUN, "callbacks": [DUMP], "data": {"init_args": {"max_duration": 3.0}}}  # both sides
     source = quickstart_run / "checkpoints" / "last.ckpt"
     config = tiny_config(EXPERIMENTS / "demo_dann.yaml", work / "ddp_dann", ckpt=source, all_data=True,
                          overrides=overrides)

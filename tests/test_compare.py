@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from pytorch_lightning.demos.boring_classes import BoringDataModule, BoringModel
 
 from callbacks.run_summary import RunSummary
 from experiments import compare
-from experiments.run_records import discover, load_local_run, load_wandb_offline
+from experiments.run_records import discover, load_local_run
+from tests.conftest import FixedContract
 
 # --- synthetic run directories --------------------------------------------------------------
 
@@ -67,9 +69,8 @@ def three_runs(tmp_path: Path) -> list[Path]:
     )
     dann = write_run(  # killed before summary.json: everything derived from config.yaml + metrics.csv
         runs / "dann" / "v1", "dann.DANNCTC",
-        corpus("domain.DomainAdaptationDataModule", target_labels=False,
-               source=corpus("asr.ASRDataModule", train=LIBRI),
-               target=corpus("asr.ASRDataModule", train=cv_train(None))),
+        corpus("domain.DomainAdaptationDataModule", source_train=LIBRI, target_train=cv_train(None),
+               target_labels=False, val={"source": LIBRI, "target": CV_DEV}),
         {"val/source/wer": [0.5, 0.3, 0.2], "val/target/wer": [0.8, 0.6, 0.35]},
         None,
     )
@@ -106,7 +107,7 @@ def test_local_run_without_summary_is_derived_from_metrics_and_config(three_runs
     assert record.best == pytest.approx({"val/source/wer": 0.2, "val/target/wer": 0.35})
     assert record.curves["val/target/wer"] == [(10, 0.8), (20, 0.6), (30, 0.35)]
     assert record.source_data == "LibriSpeech train-clean-100"
-    assert record.target_data == "CommonVoice en/train"
+    assert record.target_data == "CommonVoice en/train (unlabelled)"  # the datamodule's describe(), as in summary.json
     assert record.labelled_target_minutes == 0.0  # DANN without target labels
 
 
@@ -166,25 +167,23 @@ def test_wandb_project_needs_credentials_offline(monkeypatch, tmp_path, capsys):
     assert "W&B API needs network" in capsys.readouterr().out
 
 
-def test_wandb_offline_run_is_read_from_its_transaction_log(tmp_path, monkeypatch):
+def test_wandb_offline_folder_alone_is_a_counted_skip_inside_a_run_dir_part_of_it(tmp_path, monkeypatch, three_runs):
+    """Offline W&B folders are not parsed (run_records docstring): alone, a skip saying where the data is."""
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = wandb.init(project="p", dir=str(tmp_path), name="dann/v7", tags=["method:dann", "backbone:scratch"],
                      config={"lr": 0.001}, settings=wandb.Settings(console="off", x_disable_stats=True))
-    for step, wer in [(10, 0.9), (20, 0.5), (30, 0.6)]:
-        run.log({"val/target/wer": wer, "trainer/global_step": step})
-    run.summary["speechxfer"] = {"labelled_target_minutes": 5, "wall_time_s": 12.5,
-                                 "best": {"val/target/wer": {"value": 0.5, "step": 20}}}
+    run.log({"val/target/wer": 0.5, "trainer/global_step": 10})
     run.finish()
-    wandb.teardown()  # stops the W&B service: the transaction log is fully written
+    wandb.teardown()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    record = load_wandb_offline(run_dir)
-    assert (record.name, record.method, record.backbone) == ("dann/v7", "dann", "scratch")
-    assert record.curves["val/target/wer"] == [(10, 0.9), (20, 0.5), (30, 0.6)]
-    assert record.best["val/target/wer"] == 0.5 and record.labelled_target_minutes == 5.0
     records, skipped = discover([tmp_path / "wandb"])
-    assert [r.name for r in records] == ["dann/v7"] and not skipped
+    assert records == [] and [path for path, _ in skipped] == [str(run_dir)]
+    assert "speechxfer run dir" in skipped[0][1] and "wandb sync" in skipped[0][1]
+    shutil.move(str(tmp_path / "wandb"), str(three_runs[1] / "wandb"))  # where `speechxfer fit` puts it
+    records, skipped = discover([three_runs[1]])
+    assert [r.name for r in records] == ["dann/v1"] and not skipped
 
 
 # --- RunSummary ----------------------------------------------------------------------------------
@@ -192,8 +191,6 @@ def test_wandb_offline_run_is_read_from_its_transaction_log(tmp_path, monkeypatc
 
 class TinyASRLike(BoringModel):
     """BoringModel logging a fake ``val/source/wer`` that is lowest at the 2nd validation; first layer frozen."""
-
-    method = "tiny"
 
     def __init__(self, fail_at_step: int | None = None):
         super().__init__()
@@ -225,9 +222,9 @@ class UnfreezeAt(Callback):
             pl_module.backbone.requires_grad_(True)
 
 
-class LabelledData(BoringDataModule):
-    val_domains = ["source"]
+class LabelledData(FixedContract, BoringDataModule):
     labelled_target_minutes = 7.5
+    description = {"source": "boring", "target": None}
 
 
 def fit_tiny(tmp_path: Path, model: TinyASRLike, max_steps: int = 8) -> Trainer:
@@ -243,9 +240,9 @@ def test_run_summary_records_best_metrics_params_and_data(tmp_path):
     fit_tiny(tmp_path, TinyASRLike())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 8
-    assert summary["method"] == "tiny"
+    assert summary["method"] == "TinyASRLike"  # the module's class name, as in W&B tags and config-derived records
     assert summary["backbone"]["identity"] == "linear32" and summary["backbone"]["name"] == "Linear"
-    assert summary["data"] == {"class": "LabelledData", "val_domains": ["source"]}
+    assert summary["data"] == {"source": "boring", "target": None}
     assert summary["labelled_target_minutes"] == 7.5
     assert summary["best"]["val/source/wer"] == {"value": pytest.approx(0.3), "step": 4}
     assert "val/source/loss" not in summary["best"]
@@ -271,3 +268,23 @@ def test_run_summary_state_survives_resume():
     restored.load_state_dict(callback.state_dict())
     assert restored.best == callback.best and restored.max_trainable_params == 10
     assert restored.wall_time_s() == pytest.approx(30.0)
+
+
+def test_test_runs_with_extra_decoders_get_side_by_side_columns(tmp_path):
+    """``speechxfer test`` runs with ``eval_decoders``: test (greedy) and test_beam columns, percent, in order."""
+    data = corpus("asr.ASRDataModule", domain="target", train=cv_train(1), test={"target": CV_DEV})
+    write_run(tmp_path / "runs" / "study" / "c", "finetune.FineTuneCTC", data,
+              {"test/target/wer": [0.25], "test/target/cer": [0.1], "test_beam/target/wer": [0.125]}, None)
+    write_run(tmp_path / "runs" / "study" / "a", "CTCModule", data, {"test/target/wer": [0.5]}, None)
+    records, skipped = discover([tmp_path / "runs"])
+    by_name = {r.name: r for r in records}
+    assert not skipped and by_name["study/c"].best_of("target", "wer", "test_beam") == 0.125
+    written = compare.write_report(records, tmp_path / "report", ["md"])
+    table = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[-4:] == ["test target WER %", "test target CER %", "test beam target WER %", "wall time"]
+    row_c = next(r for r in table if "study/c" in r)
+    assert "| 25.00 | 10.00 | 12.50 |" in row_c
+    rows = list(csv.DictReader(open(tmp_path / "report" / "runs.csv")))
+    assert {r["run"]: r["test_beam/target/wer"] for r in rows} == {"study/c": "0.125", "study/a": ""}
+    assert tmp_path / "report" / "report.md" in written

@@ -7,19 +7,23 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.demos.boring_classes import BoringDataModule
 from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+from datamodules.text import CharTokenizer
 
 from lightning_modules import CTCModule, load_model
 from lightning_modules.ctc import ctc_infeasible, ctc_losses, greedy_decode
 from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups
 from tests.conftest import QUIET, LossRecorder, TinyDataModule, loss_fell, make_tiny_backbone
+from tests.corpus_factory import ALPHABET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def module(tokenizer, **kwargs) -> CTCModule:
-    args = dict(lr=3e-3, dropout=0.0, decay="constant", tokenizer=tokenizer.to_dict())
-    return CTCModule(make_tiny_backbone(), tokenizer.vocab_size, **{**args, **kwargs})
+    args = dict(lr=3e-3, dropout=0.0, decay="constant")
+    return CTCModule(make_tiny_backbone(), tokenizer.to_dict(), **{**args, **kwargs})
 
 
 def one_hot_log_probs(best: list[int], vocab: int = 4) -> torch.Tensor:
@@ -78,14 +82,21 @@ def test_spec_augment_masks_in_training_only(tokenizer, tiny_batch):
     assert not torch.equal(model.classify(feats, lengths), model.head(feats, lengths).log_softmax(-1))
 
 
-def test_missing_tokenizer_and_missing_targets_raise_clear_errors(tokenizer, tiny_batch):
-    model = CTCModule(make_tiny_backbone(), tokenizer.vocab_size)
-    with pytest.raises(RuntimeError, match="no tokenizer"):
-        model.transcribe(tiny_batch["audio"], tiny_batch["lengths"])
+def test_vocabulary_follows_the_tokenizer_and_mismatches_raise_clear_errors(tokenizer, tiny_batch):
+    model = module(tokenizer)
+    assert model.head.proj.out_features == tokenizer.vocab_size == 29  # the vocabulary is the tokenizer's
+    with pytest.raises(TypeError, match="tokenizer"):
+        CTCModule(make_tiny_backbone())  # no tokenizer: no vocabulary
     with pytest.raises(ValueError, match="no 'targets'"):
         model.ctc_loss(*model(tiny_batch["audio"], tiny_batch["lengths"]), {"ids": ["x"]})
-    with pytest.raises(ValueError, match="29 symbols .* vocab_size=12"):
-        CTCModule(make_tiny_backbone(), 12, tokenizer=tokenizer.to_dict())
+    other = CharTokenizer(list(ALPHABET) + ["0"])  # another vocabulary: 30 symbols with the blank
+    with pytest.raises(ValueError, match=r"tokenizer \(30 symbols\) is not the one .* \(29 symbols\)"):
+        pl.Trainer(max_steps=1, **QUIET).fit(model, datamodule=TinyDataModule(other))
+
+
+def test_a_non_speech_datamodule_is_one_clear_error(tokenizer):
+    with pytest.raises(TypeError, match="BoringDataModule is not a datamodules.SpeechDataModule"):
+        pl.Trainer(max_steps=1, **QUIET).fit(module(tokenizer), datamodule=BoringDataModule())
 
 
 # ------------------------------------------------------------------ param groups and schedule
@@ -204,15 +215,15 @@ def test_setup_loads_pretrained_weights_only_for_fresh_fits(tokenizer, tmp_path,
 
 
 def test_checkpoint_metadata_and_load_model_reproduce_predictions(tokenizer, tiny_batch, tmp_path):
-    model = CTCModule(make_tiny_backbone(), tokenizer.vocab_size, head="bilstm", head_hidden=16, lr=3e-3)
-    dm = TinyDataModule(tokenizer)  # tokenizer comes from the datamodule, not the init args
+    model = CTCModule(make_tiny_backbone(), tokenizer.to_dict(), head="bilstm", head_hidden=16, lr=3e-3)
+    dm = TinyDataModule(tokenizer)
     trainer = pl.Trainer(max_steps=3, limit_val_batches=0, **QUIET)
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    info = torch.load(tmp_path / "m.ckpt", weights_only=False)["speechxfer"]
-    assert info["module_class"] == "lightning_modules.ctc.CTCModule"
-    assert info["backbone_config"] == model.backbone.config()
-    assert info["tokenizer"] == tokenizer.to_dict()
+    checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    info = checkpoint["speechxfer"]
+    assert info == {"module_class": "lightning_modules.ctc.CTCModule", "backbone_config": model.backbone.config()}
+    assert checkpoint["hyper_parameters"]["tokenizer"] == tokenizer.to_dict()  # stored once, where load_model reads it
     loaded = load_model(tmp_path / "m.ckpt")
     assert type(loaded) is CTCModule and not loaded.training and loaded.hparams.head == "bilstm"
     model.eval()

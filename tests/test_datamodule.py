@@ -16,7 +16,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from datamodules import ASRDataModule, BadInputError, CharTokenizer, CommonVoiceCorpus, LibriSpeechCorpus
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import check_batch
-from datamodules.dataset import SpeechDataset, ctc_min_frames
+from datamodules.dataset import SpeechDataset
+from lightning_modules.backbones import ScratchEncoder
 from tests.corpus_factory import make_commonvoice, make_librispeech, tone_speech
 
 SPLITS = {"train-clean-100": 16, "dev-clean": 4}
@@ -156,23 +157,34 @@ def test_oov_character_skip_is_counted(corpus):
     assert dm.train_cuts().is_lazy and len(dm.train_cuts()) == SPLITS["train-clean-100"]
 
 
+def encoder_25fps():
+    """Exact frame counts of a 25 frames/s encoder (the data layer's CTC length check uses them)."""
+    return ScratchEncoder(n_mels=40, conv_channels=8, hidden=16, num_layers=1, subsampling=4).output_lengths
+
+
 def test_clip_too_short_for_its_ctc_label(corpus):
-    assert ctc_min_frames([3, 3, 4, 4, 4]) == 8
     uid = first_uid(corpus, "train-clean-100")
     rewrite_transcript(corpus, "train-clean-100", uid, "A " * 60 + "A")  # 121 chars on a < 1 s clip
+    strict = make_dm(corpus)
+    strict.output_lengths = encoder_25fps()
     with pytest.raises(BadInputError, match=rf"{uid}.*too_short_for_ctc.*needs 121"):
-        make_dm(corpus).setup("fit")
+        strict.setup("fit")
     dm = make_dm(corpus, on_bad_input="skip")
-    assert uid not in {c.id for c in dm.train_cuts()}
+    assert uid not in {c.id for c in dm.train_cuts()}  # no model attached yet: its speaking rate gives it away
+    assert dm.skipped["train"] == {"implausible_speaking_rate": 1}
+    dm.output_lengths = encoder_25fps()
+    assert uid not in {c.id for c in dm.train_cuts()}  # re-checked with the encoder's frame counts
     assert dm.skipped["train"] == {"too_short_for_ctc": 1}
 
 
 def test_speed_perturbation_tightens_the_ctc_length_check(corpus):
-    dm = make_dm(corpus, on_bad_input="skip", frames_per_second=20)
+    dm = make_dm(corpus, on_bad_input="skip")
+    dm.output_lengths = encoder_25fps()
     plain = len(dm.train_cuts())
     assert plain == SPLITS["train-clean-100"]
-    fast = make_dm(corpus, on_bad_input="skip", frames_per_second=20, augment=WaveformAugmentation(speed_factors=[2.0]))
-    assert len(fast.train_cuts()) < plain
+    fast = make_dm(corpus, on_bad_input="skip", augment=WaveformAugmentation(speed_factors=[1.7]))
+    fast.output_lengths = encoder_25fps()
+    assert 0 < len(fast.train_cuts()) < plain
 
 
 def test_audio_decode_failure_names_the_file(corpus):
@@ -253,14 +265,16 @@ def test_predict_from_audio_paths(corpus, tmp_path):
     dm = make_dm(corpus, predict=[str(flac), str(mp3)])
     batches = list(dm.predict_dataloader())
     check_batch(batches[0], labels=False)
-    lengths = {i: int(n) for b in batches for i, n in zip(b["ids"], b["lengths"])}
-    assert lengths[flac.stem] == sf.info(flac).frames
-    assert abs(lengths[mp3.stem] - round(sf.info(mp3).duration * 16000)) <= 16  # resampled 48k -> 16k
+    lengths = {i: int(n) for b in batches for i, n in zip(b["ids"], b["lengths"])}  # cut id = the path as given
+    assert lengths[str(flac)] == sf.info(flac).frames
+    assert abs(lengths[str(mp3)] - round(sf.info(mp3).duration * 16000)) <= 16  # resampled 48k -> 16k
+    assert dm.notes["predict"] == {}  # any rate is expected of user files (resampled all the same)
     with pytest.raises(BadInputError, match="missing.flac"):
         list(make_dm(corpus, predict=[str(flac), str(tmp_path / "missing.flac")]).predict_dataloader())
     lenient = make_dm(corpus, predict=[str(flac), str(tmp_path / "missing.flac")], on_bad_input="skip")
-    assert [i for b in lenient.predict_dataloader() for i in b["ids"]] == [flac.stem]
-    assert lenient.skipped["predict"] == {"unreadable_audio": 1}
+    assert [i for b in lenient.predict_dataloader() for i in b["ids"]] == [str(flac)]
+    assert lenient.skipped["predict"] == {"missing_file": 1}
+    assert [str(e) for e in lenient.predict_errors] == [f"{tmp_path / 'missing.flac'}: missing_file: no such file"]
 
 
 # -- construction from a config ------------------------------------------------------------------

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 from jsonargparse import ArgumentParser
-from pytorch_lightning import LightningDataModule
+
+from datamodules import SpeechDataModule
 
 EXPECTED = {
     "demo_source": ({"source": "LibriSpeech train-clean-100", "target": None}, 0.0),
@@ -15,7 +16,7 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_describe_and_labelled_target_minutes(name):
     parser = ArgumentParser()
-    parser.add_subclass_arguments(LightningDataModule, "data")
+    parser.add_subclass_arguments(SpeechDataModule, "data")
     config = yaml.safe_load(open(f"experiments/data/{name}.yaml"))
     datamodule = parser.instantiate_classes(parser.parse_object({"data": config})).data
     described, minutes = EXPECTED[name]

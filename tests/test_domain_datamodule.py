@@ -32,16 +32,21 @@ def roots(tmp_path_factory) -> tuple[Path, Path]:
     return source, target
 
 
-def asr(corpus_train, corpus_val, root: Path, **kwargs) -> ASRDataModule:
-    return ASRDataModule(train=corpus_train, val=corpus_val, max_duration=1.5, num_buckets=3, num_workers=0,
-                         cache_dir=str(root / "cache"), **kwargs)
+def settings(root: Path) -> dict:
+    return dict(max_duration=1.5, num_buckets=3, num_workers=0, cache_dir=str(root / "cache"))
 
 
 def make_da(roots, target_labels: bool = False, **kwargs) -> DomainAdaptationDataModule:
     ls, cv = roots
-    source = asr(LibriSpeechCorpus(ls, ["train-clean-100"]), LibriSpeechCorpus(ls, ["dev-clean"]), ls, **kwargs)
-    target = asr(CommonVoiceCorpus(cv, "en", "train"), CommonVoiceCorpus(cv, "en", "dev"), ls, domain="target", **kwargs)
-    return DomainAdaptationDataModule(source, target, target_labels=target_labels)
+    val = {"source": LibriSpeechCorpus(ls, ["dev-clean"]), "target": CommonVoiceCorpus(cv, "en", "dev")}
+    return DomainAdaptationDataModule(LibriSpeechCorpus(ls, ["train-clean-100"]), CommonVoiceCorpus(cv, "en", "train"),
+                                      target_labels=target_labels, val=val, **settings(ls), **kwargs)
+
+
+def source_only(roots) -> ASRDataModule:
+    """The source side alone, same settings: what the paired loader's source half must equal."""
+    ls, _ = roots
+    return ASRDataModule(train=LibriSpeechCorpus(ls, ["train-clean-100"]), **settings(ls))
 
 
 def ids(loader) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -51,11 +56,11 @@ def ids(loader) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
 def test_poisoned_target_transcripts_never_reach_the_batches(roots):
     dm = make_da(roots)
     dm.setup("fit")
-    source_only = [tuple(b["ids"]) for b in dm.source.train_dataloader()]
-    target_ids = {c.id for c in dm.target.train_cuts()}
-    assert all(cut_text(c) == POISON for c in dm.target.train_cuts())
+    source_batches = [tuple(b["ids"]) for b in source_only(roots).train_dataloader()]
+    target_ids = {c.id for c in dm.target_train_cuts()}
+    assert all(cut_text(c) == POISON for c in dm.target_train_cuts())
     batches = list(dm.train_dataloader())
-    assert [tuple(b["source"]["ids"]) for b in batches] == source_only  # epoch = one source epoch
+    assert [tuple(b["source"]["ids"]) for b in batches] == source_batches  # epoch = one source epoch
     seen_target = []
     for b in batches:
         check_batch(b["source"], labels=True)
@@ -64,9 +69,10 @@ def test_poisoned_target_transcripts_never_reach_the_batches(roots):
         seen_target += b["target"]["ids"]
     assert set(seen_target) == target_ids and len(seen_target) > len(target_ids)  # the target cycles
     assert not {"q", "z", "4", "ø"} & set(dm.tokenizer.tokens)
-    source_texts = [cut_text(c) for c in dm.source.train_cuts()]
-    assert dm.tokenizer.to_dict() == CharTokenizer.build(source_texts, dm.source.normalizer).to_dict()
-    assert dm.target.tokenizer is dm.tokenizer
+    source_texts = [cut_text(c) for c in dm.train_cuts()]
+    assert dm.tokenizer.to_dict() == CharTokenizer.build(source_texts, dm.normalizer).to_dict()
+    assert dm.describe() == {"source": "LibriSpeech train-clean-100", "target": "CommonVoice en/train (unlabelled)"}
+    assert dm.labelled_target_minutes == 0.0
 
 
 def test_the_poison_is_real_when_target_labels_are_declared(roots):
@@ -160,16 +166,13 @@ def test_trainer_epochs_reshuffle_and_resume(roots, tmp_path):
 
 def test_cli_style_construction(roots):
     ls, cv = roots
-
-    def dm(corpus, val, **extra):
-        return {"class_path": "datamodules.ASRDataModule",
-                "init_args": {"train": corpus, "val": val, "num_workers": 0, "cache_dir": str(ls / "cache"), **extra}}
-
     lib = {"class_path": "datamodules.corpora.LibriSpeechCorpus", "init_args": {"root": str(ls), "subsets": ["train-clean-100"]}}
     cvd = {"class_path": "datamodules.corpora.CommonVoiceCorpus", "init_args": {"root": str(cv), "locale": "en", "split": "dev"}}
     parser = ArgumentParser()
     parser.add_class_arguments(DomainAdaptationDataModule, "data")
-    cfg = parser.parse_object({"data": {"source": dm(lib, None), "target": dm(cvd, cvd)}})
+    cfg = parser.parse_object({"data": {"source_train": lib, "target_train": cvd, "val": {"target": cvd},
+                                        "num_workers": 0, "cache_dir": str(ls / "cache")}})
     da = parser.instantiate(cfg).data
-    assert isinstance(da.source, ASRDataModule) and da.target.domain == "target" and da.val_domains == ["target"]
-    assert da.target.train_labels is False
+    assert isinstance(da.train_corpus, LibriSpeechCorpus) and isinstance(da.target_train_corpus, CommonVoiceCorpus)
+    assert da.val_domains == ["target"] and da.num_workers == 0
+    assert da.target_labels is False

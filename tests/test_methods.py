@@ -21,7 +21,7 @@ TINY_W2V2 = {"encoder_num_layers": 2, "encoder_embed_dim": 32, "encoder_num_head
 
 
 def common(tokenizer) -> dict:
-    return dict(lr=3e-3, dropout=0.0, decay="constant", tokenizer=tokenizer.to_dict())
+    return dict(lr=3e-3, dropout=0.0, decay="constant")
 
 
 def fit(model, dm, steps: int, **kwargs) -> tuple[pl.Trainer, LossRecorder]:
@@ -43,7 +43,7 @@ def test_finetune_trains_with_permanently_frozen_feature_encoder(tokenizer, tmp_
     random_init = TorchaudioBackbone("WAV2VEC2_XLSR53", config_overrides=TINY_W2V2)
     pretrained = save_backbone_weights(random_init, tmp_path / "w.pt")  # stands in for downloaded weights
     backbone = TorchaudioBackbone("WAV2VEC2_XLSR53", weights_path=str(pretrained), config_overrides=TINY_W2V2)
-    model = FineTuneCTC(backbone, tokenizer.vocab_size, freeze_feature_encoder=True, **common(tokenizer))
+    model = FineTuneCTC(backbone, tokenizer.to_dict(), freeze_feature_encoder=True, **common(tokenizer))
     model.backbone.load_pretrained()
     before = snapshot(model.backbone)
     trainer, recorder = fit(model, TinyDataModule(tokenizer), 40)
@@ -56,7 +56,7 @@ def test_finetune_trains_with_permanently_frozen_feature_encoder(tokenizer, tmp_
     since = {g["name"]: g["active_since_step"] for g in trainer.optimizers[0].param_groups}
     assert since["feature_extractor"] is None and since["layer.0"] == 0 and since["head"] == 0
     with pytest.raises(ValueError, match="no layer group 'cnn'"):
-        FineTuneCTC(make_tiny_backbone(), tokenizer.vocab_size, freeze_feature_encoder=True,
+        FineTuneCTC(make_tiny_backbone(), tokenizer.to_dict(), freeze_feature_encoder=True,
                     feature_encoder_group="cnn")
 
 
@@ -70,7 +70,7 @@ class TrainingFlags(pl.Callback):
 
 
 def test_frozen_backbone_is_bit_identical_after_training_and_head_learns(tokenizer):
-    model = FrozenFeatureCTC(make_tiny_backbone(), tokenizer.vocab_size, head="linear", **common(tokenizer))
+    model = FrozenFeatureCTC(make_tiny_backbone(), tokenizer.to_dict(), head="linear", **common(tokenizer))
     before, weights_before = snapshot(model.backbone), model.featurizer.weights.detach().clone()
     flags = TrainingFlags()
     trainer, recorder = fit(model, TinyDataModule(tokenizer), 40, callbacks=[flags])
@@ -86,7 +86,7 @@ def test_frozen_backbone_is_bit_identical_after_training_and_head_learns(tokeniz
 
 @pytest.mark.parametrize("dtype, atol", [("float32", 0.0), ("float16", 2e-2)])
 def test_feature_cache_hit_returns_the_recomputed_features(tokenizer, tmp_path, dtype, atol):
-    model = FrozenFeatureCTC(make_tiny_backbone(), tokenizer.vocab_size, feature_cache_dir=str(tmp_path),
+    model = FrozenFeatureCTC(make_tiny_backbone(), tokenizer.to_dict(), feature_cache_dir=str(tmp_path),
                              feature_cache_dtype=dtype, **common(tokenizer))
     dm = TinyDataModule(tokenizer, n_train=8, batch_size=4)
     fit(model, dm, 4)  # 2 batches per epoch: epoch 0 computes + stores, epoch 1 reads
@@ -101,7 +101,7 @@ def test_feature_cache_hit_returns_the_recomputed_features(tokenizer, tmp_path, 
 
 
 def test_feature_cache_is_off_for_training_when_waveforms_are_augmented(tokenizer, tmp_path):
-    model = FrozenFeatureCTC(make_tiny_backbone(), tokenizer.vocab_size, feature_cache_dir=str(tmp_path),
+    model = FrozenFeatureCTC(make_tiny_backbone(), tokenizer.to_dict(), feature_cache_dir=str(tmp_path),
                              **common(tokenizer))
     with pytest.warns(UserWarning, match="augments waveforms"):
         fit(model, TinyDataModule(tokenizer, augments_waveform=True), 4)
@@ -110,7 +110,7 @@ def test_feature_cache_is_off_for_training_when_waveforms_are_augmented(tokenize
 
 # ------------------------------------------------------------------ DANN
 def test_dann_trains_ctc_on_source_and_logs_domain_terms(tokenizer):
-    model = DANNCTC(make_tiny_backbone(), tokenizer.vocab_size, domain_hidden=16, **common(tokenizer))
+    model = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), domain_hidden=16, **common(tokenizer))
     dm = TinyDataModule(tokenizer, dann=True, val_domains=("source", "target"))
     trainer, recorder = fit(model, dm, 40)
     assert loss_fell(recorder.losses)
@@ -131,14 +131,36 @@ def test_dann_never_reads_target_labels(tokenizer):
             if labels:  # impossible labels: any use would change (or break) the loss
                 batch["target"]["targets"].fill_(tokenizer.vocab_size + 7)
                 batch["target"]["target_lengths"].fill_(10_000)
-        model = DANNCTC(make_tiny_backbone(), tokenizer.vocab_size, domain_level="frame", domain_hidden=16,
+        model = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), domain_level="frame", domain_hidden=16,
                         **common(tokenizer))
         losses.append(fit(model, dm, 3)[1].losses)
     assert losses[0] == losses[1] and all(torch.isfinite(torch.tensor(losses[0])))
 
 
+def test_dann_lambda_and_lr_keep_one_horizon_when_a_resume_changes_max_steps(tokenizer, tmp_path):
+    """λ's schedule length is the LR scheduler's checkpointed ``total_steps``, not recomputed on resume."""
+    args = {**common(tokenizer), "decay": "linear", "domain_hidden": 8}
+    model = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), **args)
+    trainer, _ = fit(model, TinyDataModule(tokenizer, dann=True, n_train=16), 4)
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    lambdas = []
+
+    class Lambdas(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            lambdas.append((trainer.global_step, pl_module.grl.lambd, trainer.optimizers[0].param_groups[-1]["lr"]))
+
+    resumed = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), **args)
+    trainer = pl.Trainer(max_steps=6, limit_val_batches=0, callbacks=[Lambdas()], **QUIET)  # was 4
+    trainer.fit(resumed, datamodule=TinyDataModule(tokenizer, dann=True, n_train=16), ckpt_path=tmp_path / "half.ckpt")
+    assert resumed.total_steps == trainer.lr_scheduler_configs[0].scheduler.total_steps == 4  # the first fit's
+    for step, lambd, lr in lambdas:  # both schedules on the same 4-step horizon (past it: λ max, lr 0)
+        assert lambd == pytest.approx(ganin_lambda(min((step - 1) / 4, 1.0)), rel=1e-6)
+        assert lr == pytest.approx(3e-3 * max(1 - step / 4, 0.0), abs=1e-9)
+    assert [s for s, _, _ in lambdas] == [5, 6]
+
+
 def test_dann_rejects_plain_batches(tokenizer):
-    model = DANNCTC(make_tiny_backbone(), tokenizer.vocab_size, **common(tokenizer))
+    model = DANNCTC(make_tiny_backbone(), tokenizer.to_dict(), **common(tokenizer))
     with pytest.raises(ValueError, match="'source'.*'target'"):
         fit(model, TinyDataModule(tokenizer), 1)
 
@@ -148,7 +170,7 @@ def test_dann_rejects_plain_batches(tokenizer):
                                         (FrozenFeatureCTC, {"head": "bilstm", "head_hidden": 8}),
                                         (DANNCTC, {"lambda_max": 0.5, "domain_level": "frame"})])
 def test_load_model_rebuilds_every_method(tokenizer, tiny_batch, tmp_path, cls, extra):
-    model = cls(make_tiny_backbone(), tokenizer.vocab_size, **extra, **common(tokenizer))
+    model = cls(make_tiny_backbone(), tokenizer.to_dict(), **extra, **common(tokenizer))
     trainer, _ = fit(model, TinyDataModule(tokenizer, dann=cls is DANNCTC), 2)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = load_model(tmp_path / "m.ckpt")
@@ -162,14 +184,14 @@ def test_load_model_rebuilds_every_method(tokenizer, tiny_batch, tmp_path, cls, 
 
 
 def test_finetuned_checkpoint_is_the_backbone_of_another_method(tokenizer, tmp_path):
-    source = FineTuneCTC(make_tiny_backbone(), tokenizer.vocab_size, **common(tokenizer))
+    source = FineTuneCTC(make_tiny_backbone(), tokenizer.to_dict(), **common(tokenizer))
     before = snapshot(source.backbone)
     trainer, _ = fit(source, TinyDataModule(tokenizer), 3)
     trainer.save_checkpoint(tmp_path / "ft.ckpt")
     tuned = source.backbone.state_dict()
     assert any(not torch.equal(before[k], tuned[k]) for k in tuned)
     backbone = CheckpointBackbone(str(tmp_path / "ft.ckpt"))
-    frozen = FrozenFeatureCTC(backbone, tokenizer.vocab_size, **common(tokenizer))
+    frozen = FrozenFeatureCTC(backbone, tokenizer.to_dict(), **common(tokenizer))
     trainer, _ = fit(frozen, TinyDataModule(tokenizer), 2)  # setup("fit") loads the checkpoint's backbone.*
     assert frozen.backbone.state_dict().keys() == tuned.keys()
     assert all(torch.equal(v, tuned[k]) for k, v in frozen.backbone.state_dict().items())
@@ -183,7 +205,7 @@ def test_gradual_unfreezing_callback_drives_the_param_groups(tokenizer):
     """Integration with callbacks.GradualUnfreezing: late groups start their own warm-up at activation."""
     from callbacks import GradualUnfreezing
 
-    model = FineTuneCTC(make_tiny_backbone(), tokenizer.vocab_size, warmup_steps=2,
+    model = FineTuneCTC(make_tiny_backbone(), tokenizer.to_dict(), warmup_steps=2,
                         **{**common(tokenizer), "lr": 1e-3})
     seen = {}
 

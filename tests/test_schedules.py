@@ -35,10 +35,10 @@ def source_dm(roots) -> ASRDataModule:
 
 def dann_dm(roots) -> DomainAdaptationDataModule:
     ls, cv = roots
-    target = ASRDataModule(train=CommonVoiceCorpus(cv, "en", "train"), val=CommonVoiceCorpus(cv, "en", "dev"),
-                           domain="target", max_duration=1.5, num_buckets=3, num_workers=0, on_bad_input="skip",
-                           cache_dir=str(ls / "cache"))
-    return DomainAdaptationDataModule(source_dm(roots), target)
+    val = {"source": LibriSpeechCorpus(ls, ["dev-clean"]), "target": CommonVoiceCorpus(cv, "en", "dev")}
+    return DomainAdaptationDataModule(LibriSpeechCorpus(ls, ["train-clean-100"]), CommonVoiceCorpus(cv, "en", "train"),
+                                      val=val, max_duration=1.5, num_buckets=3, num_workers=0, on_bad_input="skip",
+                                      cache_dir=str(ls / "cache"))
 
 
 class Recorder(pl.Callback):
@@ -76,8 +76,8 @@ def test_batches_per_epoch_is_what_each_rank_loads(roots, make_dm, world_size):
 
 def test_dann_lambda_climbs_over_an_epoch_bounded_run(roots):
     dm = dann_dm(roots)
-    model = DANNCTC(make_tiny_backbone(), dm.vocab_size, lambda_max=0.5, domain_hidden=8, dropout=0.0, decay="linear",
-                    warmup_steps=0)
+    model = DANNCTC(make_tiny_backbone(), dm.tokenizer.to_dict(), lambda_max=0.5, domain_hidden=8, dropout=0.0,
+                    decay="linear", warmup_steps=0)
     trainer, seen = fit(model, dm, max_epochs=3, max_steps=-1)
     per_epoch = dm.train_batches_per_epoch()
     steps = trainer.global_step
@@ -92,13 +92,13 @@ def test_dann_lambda_climbs_over_an_epoch_bounded_run(roots):
 
 def test_max_steps_caps_the_schedule_below_the_epochs(roots):
     dm = source_dm(roots)
-    model = CTCModule(make_tiny_backbone(), dm.vocab_size, dropout=0.0, decay="linear")
+    model = CTCModule(make_tiny_backbone(), dm.tokenizer.to_dict(), dropout=0.0, decay="linear")
     trainer, _ = fit(model, dm, max_epochs=50, max_steps=5)
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 5
 
 
 def test_unknown_length_is_said_not_silently_ignored(roots):
     dm = dann_dm(roots)
-    model = DANNCTC(make_tiny_backbone(), dm.vocab_size, domain_hidden=8, decay="constant")
+    model = DANNCTC(make_tiny_backbone(), dm.tokenizer.to_dict(), domain_hidden=8, decay="constant")
     with pytest.raises(ValueError, match="lambda schedule needs the number of training steps"):
         fit(model, dm, max_epochs=-1, max_steps=-1, max_time={"seconds": 30})

@@ -5,18 +5,20 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
-from pytorch_lightning import LightningDataModule, Trainer
+from pytorch_lightning import Trainer
 from pytorch_lightning.demos.boring_classes import BoringModel
 
 from callbacks.run_summary import RunSummary
 from experiments import compare, sweep
 from experiments.sweep_spec import SweepSpecError, check_keys, load_spec, parse_config
+from tests.conftest import FixedContract
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,13 +42,11 @@ class ToyDataset(torch.utils.data.Dataset):
         return {"audio": self.x[i], "lengths": torch.tensor(32)}
 
 
-class ToyData(LightningDataModule):
-    """Speech-like dict batches (audio (B, 32), lengths (B,)) plus the attributes the CLI links and monitors."""
+class ToyData(FixedContract):
+    """Speech-like dict batches (audio (B, 32), lengths (B,)) behind the datamodule contract the CLI reads."""
 
-    val_domains = ["source"]
-    vocab_size = 3
-    sample_rate = 16000
     tokenizer = ToyTokenizer()
+    batches_per_epoch = 16
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(ToyDataset(64), batch_size=4)
@@ -58,7 +58,7 @@ class ToyData(LightningDataModule):
 class ToyModel(BoringModel):
     """Linear regression whose validation MSE is logged as ``val/source/wer``; ``lr`` matters."""
 
-    def __init__(self, vocab_size: int = 0, tokenizer: dict | None = None, lr: float = 0.01, momentum: float = 0.0,
+    def __init__(self, tokenizer: dict | None = None, lr: float = 0.01, momentum: float = 0.0,
                  optimizer: str = "sgd"):
         super().__init__()
         self.lr, self.momentum, self.optimizer_name = lr, momentum, optimizer
@@ -80,8 +80,8 @@ TOY_CONFIG = {
     "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "val_check_interval": 2, "limit_train_batches": 6,
                 "limit_val_batches": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
                 "enable_model_summary": False, "log_every_n_steps": 1},
-    "model": {"class_path": "test_sweep.ToyModel", "init_args": {"lr": 0.01}},
-    "data": {"class_path": "test_sweep.ToyData"},
+    "model": {"class_path": "tests.test_sweep.ToyModel", "init_args": {"lr": 0.01}},
+    "data": {"class_path": "tests.test_sweep.ToyData"},
 }
 
 
@@ -151,6 +151,19 @@ def test_keys_are_checked_against_the_cli_parser(tmp_path, key, dist, message):
     with pytest.raises(SweepSpecError) as err:
         check_keys(spec)
     assert message in str(err.value) and "toy_sweep.yaml" in str(err.value)
+
+
+def test_the_documented_example_spec_is_valid(tmp_path, monkeypatch):
+    """The YAML in sweep_spec's docstring passes load_spec and the CLI key check (no made-up keys)."""
+    import experiments.sweep_spec as sweep_spec
+
+    monkeypatch.chdir(REPO)
+    example = sweep_spec.__doc__.split(".. code-block:: yaml")[1].split("\n\n")[1]
+    spec_path = tmp_path / "example.yaml"
+    spec_path.write_text(textwrap.dedent(example))
+    spec = load_spec(spec_path)
+    assert len(spec.parameters) == 5 and spec.pruner["warmup_steps"] == 2
+    check_keys(spec)
 
 
 def test_parse_config_reads_overrides_without_instantiating(tmp_path):

@@ -1,7 +1,9 @@
 """``speechxfer transcribe``: the checkpoint alone (no config, any cwd), one line per file, clear errors.
 
 The model is the 2-step quickstart checkpoint (``tests.cli_helpers.shared_quickstart_run``): its text
-is gibberish, but it must be exactly what ``load_model(ckpt).transcribe`` gives for each file alone.
+is gibberish, but it must be exactly what ``load_model(ckpt).transcribe`` gives for each file alone,
+read the way training reads it (``SpeechDataset``), and what ``speechxfer test`` decodes for the
+same files.
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+import logging
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+from lhotse import CutSet
 
-from experiments.cli import main
+from datamodules import errors as E
+from datamodules.dataset import SpeechDataset
+from datamodules.probe import audio_file_cut
+from experiments.cli import build_cli, main
 from lightning_modules import load_model
-from tests.cli_helpers import REPO, cli_env, load_ckpt, shared_quickstart_run
-from tests.corpus_factory import tone_speech
+from tests.cli_helpers import REPO, callbacks_yaml, cli_env, in_process_cli, load_ckpt, shared_quickstart_run
+from tests.corpus_factory import make_librispeech, tone_speech
 
 REAL_SPEECH = REPO / "tests" / "fixtures" / "real_speech"
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
@@ -64,12 +72,9 @@ def audio(tmp_path_factory) -> dict[str, Path]:
 
 
 def direct_transcript(model, path: Path) -> str:
-    """``model.transcribe`` on one file alone: mono mixdown, resampled to 16 kHz."""
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    wave = torch.from_numpy(data).mean(dim=1)
-    if rate != 16000:
-        wave = AF.resample(wave, rate, 16000)
-    return model.transcribe(wave[None], torch.tensor([len(wave)]))[0]
+    """``model.transcribe`` on one file alone, read as training reads it (16 kHz, channels averaged)."""
+    batch = SpeechDataset(labels=False)[CutSet.from_cuts([audio_file_cut(str(path), E.BadInputPolicy("error", "t"))])]
+    return model.transcribe(batch["audio"], batch["lengths"])[0]
 
 
 def parse(stdout: str) -> list[tuple[str, str]]:
@@ -114,7 +119,7 @@ def test_unreadable_files_are_named_and_exit_1(ckpt, audio, tmp_path, capsys):
     assert [p for p, _ in parse(out)] == [str(audio["flac"])], "readable files are still transcribed"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 3
-    for path, reason in ((corrupt, "cannot decode"), (empty, "zero-length"), (missing, "")):
+    for path, reason in ((corrupt, E.UNREADABLE_AUDIO), (empty, E.EMPTY_AUDIO), (missing, E.MISSING_FILE)):
         assert any(str(path) in line and reason in line for line in errors), (path, err)
 
 
@@ -125,3 +130,39 @@ def test_real_recordings(ckpt, capsys):
     lines = parse(capsys.readouterr().out)
     assert [Path(p) for p, _ in lines] == expected
     assert all(text.strip() for _, text in lines)
+
+
+def test_transcribe_and_test_decode_the_same_files_identically(ckpt, tmp_path_factory, tmp_path, capsys, caplog):
+    """One inference path: ``speechxfer test`` on a corpus and ``speechxfer transcribe`` on its files give
+    the same transcript per utterance -- stereo files (16 and 22.05 kHz) included, downmixed in both."""
+    root = make_librispeech(tmp_path / "data", {"test-clean": 4})
+    flacs = sorted((root / "LibriSpeech" / "test-clean").rglob("*.flac"))
+    mono, rate = sf.read(flacs[0], dtype="float32")
+    assert rate == 16000
+    sf.write(flacs[0], np.stack([mono, 0.25 * mono], axis=1), 16000)
+    trans = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for t in flacs[1].parent.glob("*.trans.txt")
+             for line in t.read_text().splitlines()}
+    wave = tone_speech(trans[flacs[1].stem].lower(), 22050, seed=5)
+    sf.write(flacs[1], np.stack([wave, 0.5 * wave], axis=1), 22050)
+    run_config = shared_quickstart_run(tmp_path_factory) / "config.yaml"
+    corpus = {"class_path": "datamodules.LibriSpeechCorpus",
+              "init_args": {"root": str(root), "subsets": ["test-clean"], "on_bad_input": "error"}}
+    recorded = tmp_path / "test_transcripts.json"
+    recorder = callbacks_yaml(tmp_path / "recorder.yaml", [
+        {"class_path": "tests.cli_helpers.TranscriptRecorder", "init_args": {"path": str(recorded)}}])
+    with in_process_cli(cwd=REPO), caplog.at_level(logging.WARNING, logger="datamodules"):  # demo corpus: repo-relative
+        build_cli(["test", "--config", str(run_config), "--config", str(recorder),
+                   "--ckpt_path", str(ckpt), "--data.init_args.test", json.dumps({"source": corpus}),
+                   "--runs_dir", str(tmp_path / "runs"), "--wandb", "false"])
+    tested = json.loads(recorded.read_text())
+    assert sorted(tested) == sorted(p.stem for p in flacs)
+    capsys.readouterr()  # the test run's metrics table
+    assert any("multichannel_audio=2" in r.getMessage() for r in caplog.records)  # test: the same counted note
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules"):
+        assert main(["transcribe", "--ckpt", str(ckpt), *map(str, flacs)]) == 0
+    transcribed = {Path(path).stem: text for path, text in parse(capsys.readouterr().out)}
+    assert transcribed == tested
+    assert any(t.strip() for t in tested.values()), "non-trivial transcripts"
+    notes = [r.getMessage() for r in caplog.records if "multichannel_audio=2" in r.getMessage()]
+    assert len(notes) == 1 and str(flacs[0]) in notes[0]  # the downmix is a counted, logged note, as in training

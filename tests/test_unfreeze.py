@@ -167,7 +167,7 @@ def _finetune(**kw):
     from lightning_modules.finetune import FineTuneCTC
     from tests.conftest import char_tokenizer, make_tiny_backbone
 
-    return FineTuneCTC(make_tiny_backbone(), char_tokenizer().vocab_size, lr=3e-3, dropout=0.0, **kw)
+    return FineTuneCTC(make_tiny_backbone(), char_tokenizer().to_dict(), lr=3e-3, dropout=0.0, **kw)
 
 
 class GroupRecorder(pl.Callback):

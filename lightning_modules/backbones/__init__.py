@@ -3,7 +3,7 @@
 ``HFBackbone`` imports ``transformers`` only when instantiated (optional extra ``speechxfer[hf]``).
 """
 
-from .base import Backbone, BackboneOutput, build_backbone, lengths_to_mask, zero_padding
+from .base import Backbone, BackboneOutput, build_backbone, masked_normalize, zero_padding
 from .checkpoint_backbone import CheckpointBackbone
 from .hf_backbone import HFBackbone
 from .scratch import ScratchEncoder
@@ -11,7 +11,6 @@ from .torchaudio_backbone import (
     TorchaudioBackbone,
     available_bundles,
     export_bundle_weights,
-    normalize_waveform,
     save_backbone_weights,
 )
 
@@ -25,8 +24,7 @@ __all__ = [
     "available_bundles",
     "build_backbone",
     "export_bundle_weights",
-    "lengths_to_mask",
-    "normalize_waveform",
+    "masked_normalize",
     "save_backbone_weights",
     "zero_padding",
 ]

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+from pytorch_lightning.cli import instantiate_class
 from torch import Tensor, nn
+
+from datamodules.batch import SAMPLE_RATE, lengths_to_mask
+
+if TYPE_CHECKING:
+    from .masking import MaskConfig
 
 
 class BackboneOutput(NamedTuple):
@@ -41,7 +46,7 @@ class Backbone(nn.Module, ABC):
     output_dim: int
     num_layers: int
     frames_per_second: float
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     _init_args: dict[str, Any]
 
     @property
@@ -64,6 +69,10 @@ class Backbone(nn.Module, ABC):
     def load_pretrained(self) -> None:
         """Read / download pretrained weights into this module; no-op for from-scratch models."""
 
+    def feature_masking(self) -> MaskConfig | None:
+        """The span masking this backbone applies to its features in training mode (None: none)."""
+        return None
+
     def config(self) -> dict[str, Any]:
         """``{"class_path", "init_args"}`` rebuilding this architecture offline (no weights)."""
         cls = type(self)
@@ -82,10 +91,16 @@ class Backbone(nn.Module, ABC):
         return out
 
 
-def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
-    """(B,) lengths -> (B, max_len) bool mask, True on valid positions."""
-    max_len = int(lengths.max()) if max_len is None else max_len
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+def masked_normalize(x: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean, unit variance over the valid steps of each row (dim 1), padding set to 0.
+
+    ``x`` is (B, T) (a waveform: one mean per utterance) or (B, T, F) (features: one mean per bin).
+    """
+    mask = lengths_to_mask(lengths, x.size(1)).view(*lengths.shape, x.size(1), *([1] * (x.dim() - 2))).to(x.dtype)
+    n = lengths.clamp(min=1).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    mean = (x * mask).sum(1, keepdim=True) / n
+    var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
 def zero_padding(x: Tensor, lengths: Tensor) -> Tensor:
@@ -108,11 +123,11 @@ def module_group(*parts: nn.Module | None, **params: nn.Parameter) -> nn.Module:
 
 def build_backbone(config: Mapping[str, Any]) -> Backbone:
     """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}`` (the output of ``config()``)."""
-    module_name, _, class_name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+    init_args = dict(config.get("init_args") or {})
+    backbone = instantiate_class((), {"class_path": config["class_path"], "init_args": init_args})
+    if not isinstance(backbone, Backbone):
         raise TypeError(f"{config['class_path']} is not a Backbone subclass")
-    return cls(**dict(config.get("init_args") or {}))
+    return backbone
 
 
 def load_state_dict_checked(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:

@@ -27,17 +27,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from datamodules.augment import SpecAugment
+from datamodules.batch import SAMPLE_RATE, lengths_to_mask
 
-from .base import Backbone, BackboneOutput, lengths_to_mask, module_group, zero_padding
-
-
-def masked_cmvn(feats: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per-utterance, per-bin mean/variance normalisation over valid frames; (B, T, F) -> (B, T, F)."""
-    mask = lengths_to_mask(lengths, feats.size(1)).unsqueeze(-1).to(feats.dtype)
-    n = lengths.clamp(min=1).to(feats.dtype)[:, None, None]
-    mean = (feats * mask).sum(1, keepdim=True) / n
-    var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
-    return (feats - mean) * torch.rsqrt(var + eps) * mask
+from .base import Backbone, BackboneOutput, masked_normalize, module_group, zero_padding
 
 
 def masked_cmn(feats: Tensor, lengths: Tensor) -> Tensor:
@@ -47,7 +39,7 @@ def masked_cmn(feats: Tensor, lengths: Tensor) -> Tensor:
     return (feats - mean) * mask
 
 
-NORMALIZERS = {"utterance": masked_cmvn, "mean": masked_cmn, "none": zero_padding}  # (B, T, F), (B,) -> (B, T, F)
+NORMALIZERS = {"utterance": masked_normalize, "mean": masked_cmn, "none": zero_padding}  # (B, T, F), (B,) -> (B, T, F)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -105,7 +97,7 @@ class ScratchEncoder(Backbone):
         num_heads: int = 4,
         ffn_dim: int | None = None,
         conv_kernel: int = 15,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         center: bool = True,
         conv_padding: bool = True,
         normalize: Literal["utterance", "mean", "none"] = "utterance",

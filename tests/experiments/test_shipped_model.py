@@ -66,4 +66,4 @@ def test_transcribe_prints_recognisable_transcripts(capsys):
 def test_load_model_equals_transcribe_path():
     model = load_model(MODEL)
     assert next(model.parameters()).dtype == torch.float32
-    assert model.tokenizer.vocab_size == model.hparams.vocab_size
+    assert model.tokenizer.to_dict() == model.hparams.tokenizer
