@@ -40,6 +40,7 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from datamodules.atomic import remove_stale_temps, write_text_atomic
 from datamodules.base import SpeechDataModule
 from datamodules.locales import monitored_metric
+from experiments.commands import TOOLS
 from experiments.errors import report_user_error
 from experiments.runs import (
     checkpoint_callbacks,
@@ -52,13 +53,6 @@ from experiments.runs import (
 from experiments.slurm_signal import finish_for_requeue, in_slurm_batch_job
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 
-TOOLS = {  # name -> module whose main(argv) runs it
-    "transcribe": "experiments.transcribe",
-    "lm": "experiments.lm",
-    "sweep": "experiments.sweep",
-    "compare": "experiments.compare",
-    "slurm": "experiments.slurm",
-}
 TRAINER_DEFAULTS = {
     # lhotse's duration samplers shard batches across ranks themselves.
     "use_distributed_sampler": False,

@@ -30,6 +30,7 @@ import torch
 from datamodules import errors as E
 from datamodules.asr import ASRDataModule
 from datamodules.errors import BadInputError
+from experiments.commands import tool_parser
 from lightning_modules.decoding import add_decoder_arguments, decoder_config_from_args
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
@@ -71,7 +72,7 @@ def predict(model, datamodule: ASRDataModule, device: str = "cpu") -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="speechxfer transcribe", description=__doc__.split("\n")[0])
+    parser = tool_parser("transcribe", __doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by speechxfer fit")
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
