@@ -25,7 +25,7 @@ def test_format_table_columns_per_domain():
 
 
 def module(datamodule: TinyDataModule) -> CTCModule:
-    return CTCModule(make_tiny_backbone(), datamodule.tokenizer.vocab_size, tokenizer=datamodule.tokenizer.to_dict(),
+    return CTCModule(make_tiny_backbone(), datamodule.tokenizer.to_dict(),
                      lr=3e-3)
 
 

@@ -22,7 +22,7 @@ def test_threads_set_before_validation():
     try:
         torch.set_num_threads(2)
         dm = TinyDataModule()
-        model = CTCModule(make_tiny_backbone(), dm.tokenizer.vocab_size, tokenizer=dm.tokenizer.to_dict())
+        model = CTCModule(make_tiny_backbone(), dm.tokenizer.to_dict())
         pl.Trainer(**QUIET, callbacks=[IntraOpThreads(1), Probe()]).validate(model, datamodule=dm, verbose=False)
         assert seen == [1]
     finally:
