@@ -401,12 +401,13 @@ TINY_QUICKSTART = {
 
 
 def tiny_quickstart(work: Path, overrides: dict | None = None) -> Path:
-    """The quickstart experiment on generated tone-speech corpora under ``work``, a 1-layer model: seconds per run.
+    """The from-scratch experiment (scratch_demo.yaml; runs under ``runs/quickstart``) on generated
+    tone-speech corpora under ``work``, a 1-layer model: seconds per run.
 
     The training corpus is ``work/tiny_corpus/LibriSpeech/train-clean-100`` (damage it before running).
     """
-    return tiny_config(EXPERIMENTS / "quickstart.yaml", work, all_data=True,
-                       overrides=deep_merge(TINY_QUICKSTART, overrides or {}))
+    return tiny_config(EXPERIMENTS / "scratch_demo.yaml", work, all_data=True,
+                       overrides=deep_merge({**TINY_QUICKSTART, "experiment": "quickstart"}, overrides or {}))
 
 
 def fit_in_process(args: list, cwd: Path) -> int:
