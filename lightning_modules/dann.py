@@ -10,7 +10,9 @@ both feed ``GradientReversal`` → ``DomainClassifier`` (source = 0, target = 1)
 optimizer steps of the fit, or "constant" λ_max. The total is the LR scheduler's ``total_steps``
 (``optim.TransferLRScheduler``, checkpointed): λ and the lr decay span one horizon, also after a
 resume with another ``max_steps``. Validation/test are the core's (per-domain WER). The domain
-classifier is optimised in the "head" param group.
+classifier is optimised in the "head" param group. ``init_head_from``: a speechxfer checkpoint whose CTC
+head starts this one for a fresh fit (with a ``CheckpointBackbone`` of the same file: DANN starts from the
+whole source model), as ``FineTuneCTC``'s.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lightning_modules.backbones.base import Backbone
 from lightning_modules.ctc import CTCModule
 from lightning_modules.grl import GradientReversal, dann_lambda
 from lightning_modules.heads import DomainClassifier, domain_loss
+from lightning_modules.vocab_transfer import transfer_head
 
 
 class DANNCTC(CTCModule):
@@ -35,12 +38,20 @@ class DANNCTC(CTCModule):
     def __init__(self, backbone: Backbone, tokenizer: dict, lambda_max: float = 1.0,
                  lambda_schedule: Literal["ganin", "constant"] = "ganin", gamma: float = 10.0,
                  domain_level: Literal["utterance", "frame"] = "utterance",
-                 domain_hidden: int = 256, domain_loss_weight: float = 1.0, **kwargs) -> None:
+                 domain_hidden: int = 256, domain_loss_weight: float = 1.0, init_head_from: str | None = None,
+                 **kwargs) -> None:
         super().__init__(backbone, tokenizer, **kwargs)
         dann_lambda(lambda_schedule, 0.0)  # validate the name now, not at the first step
         self.grl = GradientReversal(0.0)
         self.domain_classifier = DomainClassifier(backbone.output_dim, domain_hidden, 2, domain_level,
                                                   self.hparams.dropout)
+
+    def setup(self, stage: str) -> None:
+        """Core setup (pretrained backbone), then the CTC head from ``init_head_from`` for a fresh fit."""
+        fresh = self.fresh_fit(stage)
+        super().setup(stage)
+        if fresh and self.hparams.init_head_from:
+            transfer_head(self.head, self.hparams.init_head_from, self.tokenizer)
 
     @property
     def total_steps(self) -> float:
