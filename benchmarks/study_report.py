@@ -43,7 +43,8 @@ def test_table(results: dict) -> list[str]:
             cells += [pct(t.get(f"test_beam/{m}")) for m in ("target/wer", "target/cer", "source/wer")]
         tta = r.get("tta_s_per_audio_s")
         tta = "" if tta is None else f"{tta:.3f}"
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r.get('steps', '')} | {params} | {wall} | {tta} |")
+        steps = "shipped" if r.get("steps") is None else r["steps"]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {steps} | {params} | {wall} | {tta} |")
     return lines
 
 
@@ -72,24 +73,46 @@ def compare_table(out: Path, folder: str = "compare") -> list[str]:
     return [line for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
 
 
+DEMO_CORPUS = ("experiments/demo_corpus: source = espeak-ng voices (LibriSpeech layout, FLAC 16 kHz, 120 train "
+               "utterances, 4.5 min), target = flite voices + noise + telephone band + MP3 (Common Voice layout); "
+               "15 dev / 15 test utterances per domain, held-out sentences and speakers")
+DEMO_MODELS = ("- models: (b) = the shipped source model `experiments/models/synth_en_bigru.ckpt` (ScratchEncoder "
+               "4xBiGRU-384 CTC, 28 characters + blank, trained on 3.1 h of espeak-ng English; "
+               "`source_model.yaml`), tested as is; (c) demo_finetune.yaml and (f) demo_finetune_replay-style replay "
+               "start from its encoder AND CTC head (`init_head_from`), unfreezing schedule stretched to the budget; "
+               "(d) demo_frozen.yaml on its frozen encoder; (e) demo_dann.yaml from its encoder and head; "
+               "(g) demo_pseudo_label.yaml from it (`init_from`), (h) the same from (e); (i) = the shipped model "
+               "tested with SUTA, {tta_steps} steps, lr {tta_lr}; (a) scratch_demo.yaml (2xBiGRU-256) from random "
+               "init; every data config takes its vocabulary from the shipped checkpoint (`tokenizer_path`); seed 0")
+
+
+def budgets(study: dict) -> str:
+    s, demo = study["settings"], study["corpus"] == "demo"
+    long, short = ("(e), (g), (h)", "(a), (c), (d), (f)") if demo else ("(b), (e)", "(a), (c), (d)")
+    start = "the shipped model (b)" if demo else (
+        "the source model (b)" if s.get("dann_init") == "source" else "random init")
+    return (f"- budgets: about {s['source_steps']} optimizer steps for {long} and {s['target_steps']} for {short}, "
+            f"in whole epochs (exact counts in the table); batches of <= {s['max_duration']:g} s audio; training "
+            f"batches per epoch {study['epoch_steps']}; lr decay {s.get('decay', 'cosine')}; (e) from {start}, "
+            f"lambda_max {s.get('dann_lambda', 0.5)} (ganin schedule), {s.get('dann_level', 'utterance')}-level "
+            "domain classifier")
+
+
 def write_study_report(out: Path, study: dict) -> Path:
     s = study["settings"]
+    demo = study["corpus"] == "demo"
     corpus = ("generated tone-speech pair (`benchmarks/tone_pair.py`): source LibriSpeech layout, FLAC 16 kHz; "
               f"target Common Voice layout, MP3 48 kHz, voice shift {s['shift']} (pitch x{1 + 0.25 * s['shift']:.3f}"
               f" + noise); {s['train']}/{s['dev']}/{s['test']} train/dev/test utterances per domain"
-              if study["corpus"] == "tone" else "experiments/demo_corpus (espeak-ng source vs flite target)")
+              if not demo else DEMO_CORPUS + (f"; every split cut to {s['demo_minutes']:g} min (--quick)"
+                                              if s.get("demo_minutes") else ""))
     lines = [
         "# speechxfer transfer study", "",
         f"- corpus: {corpus}",
-        f"- labelled target subset for (a), (c), (d): {s['target_minutes']:g} min "
-        f"(`CommonVoiceCorpus(max_minutes=...)`); (e) sees the whole target train split WITHOUT labels",
-        f"- budgets: about {s['source_steps']} optimizer steps for (b), (e) and {s['target_steps']} for (a), (c), (d), "
-        f"in whole epochs (exact counts in the table); batches of <= {s['max_duration']:g} s audio; training "
-        f"batches per epoch {study['epoch_steps']}; lr decay {s.get('decay', 'cosine')}; (e) from "
-        f"{'the source model (b)' if s.get('dann_init') == 'source' else 'random init'}, "
-        f"lambda_max {s.get('dann_lambda', 0.5)} (ganin schedule), {s.get('dann_level', 'utterance')}-level "
-        "domain classifier",
-        "- models: demo configs (scratch_demo.yaml ScratchEncoder 2xBiGRU-256 CTC; demo_finetune.yaml with its "
+        f"- labelled target subset for (a), (c), (d), (f): {s['target_minutes']:g} min "
+        f"(`CommonVoiceCorpus(max_minutes=...)`); (e), (g), (h) see the whole target train split WITHOUT labels",
+        budgets(study),
+        DEMO_MODELS.format(tta_steps=s.get("tta_steps"), tta_lr=s.get("tta_lr")) if demo else "- models: demo configs (scratch_demo.yaml ScratchEncoder 2xBiGRU-256 CTC; demo_finetune.yaml with its "
         "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml; demo_pseudo_label.yaml for "
         "(g) from (b) and (h) from (e), budget of (e); (i) = (b)'s checkpoint tested with SUTA, "
         f"{s.get('tta_steps')} steps, lr {s.get('tta_lr')}), seed 0",

@@ -1,37 +1,46 @@
-"""A reproducible transfer-learning study on CPU: five methods, one command, one report.
+"""A reproducible transfer-learning study on CPU: nine methods, one command, one report.
 
-    python benchmarks/transfer_study.py [--quick] --out runs/study [--corpus tone|demo]
+    python benchmarks/transfer_study.py --out runs/study                 # speech: the demo corpus (default)
+    python benchmarks/transfer_study.py --out runs/study_tone --corpus tone   # the generated tone pair
+    python benchmarks/transfer_study.py --quick --out /tmp/study         # smoke run (a few steps, tiny splits)
+
+Data (``--corpus``): ``demo`` (default) is SPEECH, ``experiments/demo_corpus``: source domain = espeak-ng
+voices (LibriSpeech layout), target domain = flite voices + noise + telephone band + MP3 (Common Voice
+layout); the source model (b) is the SHIPPED model ``experiments/models/synth_en_bigru.ckpt`` (trained on
+3.1 h of espeak-ng English, see ``experiments/models/README.md``), tested as is -- nothing trains it here --
+and every data config takes its vocabulary from that checkpoint (``tokenizer_path``), so its CTC head is
+reused. ``tone`` generates a source/target pair of "tone speech" (``benchmarks/tone_pair.py``) that tiny CPU
+models learn from scratch in minutes; there (b) trains ``scratch_demo.yaml`` on the source and the
+vocabulary is built from the source training text. Seeds are fixed.
 
 Methods, each trained by the real CLI (``python -m experiments fit``) from the demo experiment configs
 plus command-line overrides, then evaluated on the source and target TEST sets with
 ``python -m experiments test`` on its last checkpoint (a fixed budget: no model selection):
 
-    (a) scratch      scratch_demo.yaml   on the small labelled target subset
-    (b) source_only  scratch_demo.yaml   on the labelled source; also the source model of (c), (d), (e)
-    (c) finetune     demo_finetune.yaml  source model -> target subset, staged unfreezing (GradualUnfreezing)
+    (a) scratch      scratch_demo.yaml   on the small labelled target subset (budget of (c))
+    (b) source_only  demo: the shipped model, test only (source_model.yaml builds its architecture);
+                     tone: scratch_demo.yaml on the labelled source
+    (c) finetune     demo_finetune.yaml  source model -> target subset, staged unfreezing (GradualUnfreezing);
+                                         demo: its CTC head too (``init_head_from``)
     (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
     (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal; starts from the
-                                         source model (b) (``--set dann_init=scratch``: random init)
+                                         source model (b) (demo: encoder + head; ``--set dann_init=scratch``: random init)
     (f) replay       demo_finetune.yaml  as (c), with source replay: each epoch muxes the target subset with a
                                          slice of the source training set (``replay_ratio`` of the audio)
     (g) self_train   demo_pseudo_label.yaml  labelled source + UNLABELLED target, EMA-teacher pseudo-labels, noisy
                                          student; student and teacher start as the source model (b); budget of (e)
     (h) dann_self_train  demo_pseudo_label.yaml  as (g), starting from the DANN model (e)
-    (i) source_tta   no training: (b)'s checkpoint tested with SUTA test-time adaptation per utterance
+    (i) source_tta   no training: (b) tested with SUTA test-time adaptation per utterance
                                          (``experiments/tta/suta_demo.yaml``; ``--set tta_steps=... tta_lr=...``);
                                          its cost (adaptation s per audio s) is a column of the report
 
 (g) and (h) log the pseudo-labels' CER (``train/pl_cer``): their data config sets ``target_labels: monitor``
 (target transcripts travel for that metric only, never as labels).
 
-Data (``--corpus``): ``tone`` (default) generates a source/target pair of "tone speech"
-(``benchmarks/tone_pair.py``: LibriSpeech layout source, Common Voice layout MP3 target with a shifted
-voice + noise) that tiny CPU models learn in minutes; ``demo`` uses ``experiments/demo_corpus``
-(espeak-ng vs flite real-ish speech, far too hard for a few CPU minutes). Seeds are fixed.
 ``speechxfer compare`` then tabulates the runs (best validation values, curves) in
 ``OUT/compare/``, and ``OUT/report.md`` gives the test table, the expected orderings from the
-literature ((c) < (a) and (e) < (b) on target WER) with whether this run shows them, the settings and
-the exact commands.
+literature ((c) < (a), (e) < (b), (g) < (b), (i) < (b) on target WER) with whether this run shows them,
+the settings and the exact commands.
 
 Decoding: every test run logs greedy metrics (``test/<domain>/*``) and, unless ``--set beam_size=0``,
 beam search + LM metrics of the same checkpoint and forward pass (``test_beam/<domain>/*``, the
@@ -39,13 +48,13 @@ beam search + LM metrics of the same checkpoint and forward pass (``test_beam/<d
 transcripts (``speechxfer lm``, ``OUT/lm/``; no target text), weights ``lm_weight`` / ``word_score``.
 ``OUT/compare_test/`` compares the test runs (greedy and beam columns side by side).
 
-Overrides the study adds to the demo configs (see ``method_args``): data configs for the chosen corpus
-(one character vocabulary, built from the source training text, for every method); whole epochs
-with ``trainer.max_steps`` set to their exact number of batches (the step counts in the report); ``decay`` constant
-(``Settings.decay``: cosine decay over these short budgets stops the BiLSTM before it leaves the CTC
-blank plateau); (c) gets the demo unfreezing schedule stretched to its epochs. ``--set KEY=VALUE``
-changes any ``Settings`` field, e.g. ``--set shift=0.5 dann_init=scratch dann_lambda=0.5``. See
-``benchmarks/study_notes.md`` for why the defaults are what they are.
+Overrides the study adds to the demo configs (see ``method_args``): data configs for the chosen corpus;
+whole epochs with ``trainer.max_steps`` set to their exact number of batches (the step counts in the
+report); ``decay`` (``Settings.for_corpus``: cosine on the demo corpus; constant on the tone pair, where cosine
+decay over these short budgets stops the from-scratch BiLSTM before it leaves the CTC blank plateau); (c) and
+(f) get the demo unfreezing schedule stretched to their epochs. ``--set KEY=VALUE`` changes any ``Settings``
+field, e.g. ``--set target_steps=300 dann_lambda=0.5``. See ``benchmarks/study_notes.md`` for why the tone
+defaults are what they are.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from benchmarks.bench_common import REPO, commonvoice, librispeech, make_tone_co
 from benchmarks.study_report import write_study_report  # noqa: E402
 
 DEMO_ROOT = REPO / "experiments" / "demo_corpus"
+SHIPPED = REPO / "experiments" / "models" / "synth_en_bigru.ckpt"  # the demo study's source model (b)
 
 
 @dataclass
@@ -97,10 +107,23 @@ class Settings:
     lm_weight: float = 1.0
     word_score: float = 0.0
 
+    demo_minutes: float = 0.0    # demo corpus: > 0 keeps only this many minutes of every split (--quick)
+
     @classmethod
     def quick(cls) -> Settings:
         return cls(train=24, dev=4, test=4, target_minutes=0.2, max_duration=8.0, source_steps=4, target_steps=4,
                    val_every=1)
+
+    @classmethod
+    def for_corpus(cls, corpus: str, quick: bool = False) -> Settings:
+        """The tone defaults above, or the demo study's: the shipped model fine-tuned on 2 labelled target
+        minutes for ~150 steps; DANN / self-training ~150 steps over the source; cosine decay (the demo configs')."""
+        s = cls.quick() if quick else cls()
+        if corpus == "demo":
+            s.decay = "cosine"
+            s.target_minutes, s.target_steps, s.source_steps = (0.2, 2, 2) if quick else (2.0, 150, 150)
+            s.demo_minutes = 0.25 if quick else 0.0
+        return s
 
 
 @dataclass
@@ -114,6 +137,13 @@ class Method:
     start_from: str = ""      # key of the method whose last checkpoint starts backbone + featurizer + head
     test_only: str = ""       # no fit: test this method's last checkpoint (with test-time adaptation)
 
+
+DEMO_METHODS = {  # the shipped model is (b): tested as is, never trained here; (i) tests it with TTA
+    "b_source_only": Method("b_source_only", "source_model.yaml", "source", test_only="shipped",
+                            label="(b) source only (shipped model)"),
+    "i_source_tta": Method("i_source_tta", "source_model.yaml", "source", test_only="shipped",
+                           label="(i) source only + TTA (SUTA)"),
+}
 
 METHODS = [
     Method("b_source_only", "scratch_demo.yaml", "source", steps_of="source", label="(b) source only"),
@@ -131,14 +161,31 @@ METHODS = [
 ]
 
 
+def methods(corpus: str) -> list[Method]:
+    """The study's methods in run order; on the demo corpus (b) and (i) are the shipped model."""
+    return [DEMO_METHODS.get(m.key, m) if corpus == "demo" else m for m in METHODS]
+
+
+def source_checkpoint(out: Path, corpus: str) -> Path:
+    """The source model (b) that (c)-(g) start from: the shipped model (demo) or (b)'s run (tone)."""
+    return SHIPPED if corpus == "demo" else out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt"
+
+
 # ---------------------------------------------------------------- data configs
-def corpora(kind: str, root: Path) -> dict[str, dict]:
-    """Corpus configs of the study's splits (both corpora share the layout ``root/{LibriSpeech,commonvoice}``)."""
+def corpora(kind: str, root: Path, minutes: float = 0.0) -> dict[str, dict]:
+    """Corpus configs of the study's splits (both corpora share the layout ``root/{LibriSpeech,commonvoice}``);
+    ``minutes`` > 0 keeps that many minutes of each split (seeded subsets: the demo corpus in ``--quick``)."""
     root = DEMO_ROOT if kind == "demo" else root
-    return {"source_train": librispeech(root, "train-clean-100"), "source_dev": librispeech(root, "dev-clean"),
-            "source_test": librispeech(root, "test-clean"), "target_train": commonvoice(root, "train"),
-            "target_dev": commonvoice(root, "dev"), "target_test": commonvoice(root, "test"),
-            "target_subset": lambda minutes: commonvoice(root, "train", max_minutes=minutes, seed=0)}
+
+    def cut(corpus: dict) -> dict:
+        if minutes > 0:
+            corpus["init_args"].update(max_minutes=minutes, seed=0)
+        return corpus
+
+    return {"source_train": cut(librispeech(root, "train-clean-100")), "source_dev": cut(librispeech(root, "dev-clean")),
+            "source_test": cut(librispeech(root, "test-clean")), "target_train": cut(commonvoice(root, "train")),
+            "target_dev": cut(commonvoice(root, "dev")), "target_test": cut(commonvoice(root, "test")),
+            "target_subset": lambda m: commonvoice(root, "train", max_minutes=m, seed=0)}
 
 
 def build_tokenizer(c: dict, cache: Path, path: Path) -> Path:
@@ -154,32 +201,39 @@ def build_tokenizer(c: dict, cache: Path, path: Path) -> Path:
     return path
 
 
-def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dict:
+def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path, tokenizer: Path) -> dict:
     first, second = ("source", "target") if domain == "source" else ("target", "source")
     return {"class_path": "datamodules.ASRDataModule", "init_args": {
         "domain": domain, "train": train,
         "val": {first: c[f"{first}_dev"], second: c[f"{second}_dev"]},
         "test": {first: c[f"{first}_test"], second: c[f"{second}_test"]},
         "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0, "cache_dir": str(cache),
-        "tokenizer_path": str(cache / "tokenizer.json")}}
+        "tokenizer_path": str(tokenizer)}}
 
 
-def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
+def study_tokenizer(corpus: str, c: dict, cache: Path) -> Path:
+    """Where every method's vocabulary comes from: the shipped model's checkpoint (demo: its CTC head is
+    reused), or one built from the source training text (tone)."""
+    return SHIPPED if corpus == "demo" else build_tokenizer(c, cache, cache / "tokenizer.json")
+
+
+def write_data_configs(out: Path, c: dict, s: Settings, tokenizer: Path) -> dict[str, Path]:
     """data_source.yaml, data_target_subset.yaml, data_dann.yaml, data_target_replay.yaml, data_self_training.yaml
-    under ``out/configs``."""
+    under ``out/configs``; all with the vocabulary of ``tokenizer`` (a saved tokenizer or a checkpoint)."""
     cache = out / "cache"
     subset = c["target_subset"](s.target_minutes)
     common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
-              "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
+              "tokenizer_path": str(tokenizer)}
     dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
         "source_train": c["source_train"], "target_train": c["target_train"], "target_labels": False,
         "val": {"source": c["source_dev"], "target": c["target_dev"]},
         "test": {"source": c["source_test"], "target": c["target_test"]}, **common}}
-    replay = asr_data("target", subset, c, s, cache)
+    replay = asr_data("target", subset, c, s, cache, tokenizer)
     replay["init_args"].update(replay=c["source_train"], replay_ratio=s.replay_ratio)
     self_training = {**dann, "init_args": {**dann["init_args"], "target_labels": "monitor"}}  # pl_cer only
-    configs = {"source": asr_data("source", c["source_train"], c, s, cache),
-               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann, "target_replay": replay,
+    configs = {"source": asr_data("source", c["source_train"], c, s, cache, tokenizer),
+               "target_subset": asr_data("target", subset, c, s, cache, tokenizer), "dann": dann,
+               "target_replay": replay,
                "self_training": self_training}
     return {k: write_yaml(out / "configs" / f"data_{k}.yaml", v) for k, v in configs.items()}
 
@@ -219,7 +273,8 @@ def epoch_budget(steps: int, per_epoch: int, validations: int) -> tuple[int, int
     return max(every, epochs // every * every), every
 
 
-def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_steps: dict[str, int]) -> list[str]:
+def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_steps: dict[str, int],
+                corpus: str = "tone") -> list[str]:
     """Config + overrides shared by fit and test of method ``m``."""
     epochs, val_every = epoch_budget(s.source_steps if m.steps_of == "source" else s.target_steps,
                                      epoch_steps[m.data], s.val_every)
@@ -234,12 +289,17 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         scratch_demo = yaml.safe_load((REPO / "experiments" / "scratch_demo.yaml").read_text())
         scratch = {"model": {"init_args": {"backbone": scratch_demo["model"]["init_args"]["backbone"]}}}
         args[2:2] = ["--config", str(write_yaml(out / "configs" / "dann_from_scratch.yaml", scratch))]
+    source = str(source_checkpoint(out, corpus))
     if m.start_from:  # self-training: student (+ teacher) = that model's backbone, featurizer and head
-        ckpt = str(out / "runs" / "study" / m.start_from / "checkpoints" / "last.ckpt")
+        ckpt = source if m.start_from == "b_source_only" else str(
+            out / "runs" / "study" / m.start_from / "checkpoints" / "last.ckpt")
         args += ["--model.init_args.backbone.init_args.path", ckpt, "--model.init_args.init_from", ckpt]
     elif from_source:  # the encoder (architecture + weights) is the source model's
-        args += ["--model.init_args.backbone.init_args.path",
-                 str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]
+        args += ["--model.init_args.backbone.init_args.path", source]
+        if corpus == "demo" and m.key in ("c_finetune", "f_replay", "e_dann"):  # and its CTC head: the whole model
+            args += ["--model.init_args.init_head_from", source]
+    elif m.test_only:  # tested as is: the config builds the shipped model's architecture
+        pass
     else:
         args += ["--model.init_args.backbone.init_args.subsampling", str(s.subsampling)]
     if m.key == "e_dann":
@@ -251,7 +311,7 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         args += ["--config", str(write_yaml(out / "configs" / f"{m.key}_schedule.yaml", override))]
     if m.key == "d_frozen":
         args += ["--model.init_args.feature_cache_dir", str(out / "feature_cache")]
-    if m.test_only:  # the tested model's config and budget, test-time adaptation on top
+    if m.key == "i_source_tta":  # the tested model's config and budget, test-time adaptation on top
         args += ["--config", str(REPO / "experiments" / "tta" / "suta_demo.yaml"),
                  "--tta.steps", str(s.tta_steps), "--tta.lr", str(s.tta_lr)]
     return args
@@ -267,13 +327,14 @@ def read_test_metrics(run_dir: Path) -> dict[str, float]:
     return values
 
 
-def decoding_args(out: Path, data: dict[str, Path], s: Settings, log: Path) -> list[str]:
+def decoding_args(out: Path, data: dict[str, Path], s: Settings, log: Path, tokenizer: Path) -> list[str]:
     """``--model.init_args.eval_decoders`` of the test runs: beam search + lexicon + LM from the source
     training transcripts (built once into ``out/lm``); none when ``s.beam_size`` is 0."""
     if s.beam_size <= 0:
         return []
     lm = out / "lm"
-    cli(["lm", "--data", str(data["source"]), "--tokenizer", str(out / "cache" / "tokenizer.json"),
+    spelling = ["--ckpt", str(tokenizer)] if tokenizer.suffix == ".ckpt" else ["--tokenizer", str(tokenizer)]
+    cli(["lm", "--data", str(data["source"]), *spelling,
          "--order", str(s.lm_order), "--out", str(lm)], log)
     beam = {"beam_size": s.beam_size, "lexicon": str(lm / "lexicon.txt"), "lm": str(lm / "lm.arpa"),
             "lm_weight": s.lm_weight, "word_score": s.word_score}
@@ -288,17 +349,19 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
     t0 = time.perf_counter()
     if corpus == "tone":
         make_tone_corpus(root, s.train, s.dev, s.test, target_shift=s.shift)
-    data = write_data_configs(out, corpora(corpus, root), s)
+    c = corpora(corpus, root, s.demo_minutes if corpus == "demo" else 0.0)
+    tokenizer = study_tokenizer(corpus, c, out / "cache")
+    data = write_data_configs(out, c, s, tokenizer)
     epoch_steps = {k: steps_per_epoch(p) for k, p in data.items()}
-    decoding = decoding_args(out, data, s, log)
+    decoding = decoding_args(out, data, s, log, tokenizer)
     results, commands = {}, []
-    for m in METHODS:
+    for m in methods(corpus):
         if only and not {m.key, m.key.split("_")[0]} & set(only):  # "b_source_only" or "b"
             continue
-        args = method_args(m, out, data, s, epoch_steps)
+        args = method_args(m, out, data, s, epoch_steps, corpus)
         fit = ["fit", *args, "--runs_dir", str(out / "runs")]
         trained = m.test_only or m.key  # the run whose last checkpoint is tested
-        ckpt = out / "runs" / "study" / trained / "checkpoints" / "last.ckpt"
+        ckpt = SHIPPED if trained == "shipped" else out / "runs" / "study" / trained / "checkpoints" / "last.ckpt"
         test = ["test", *args, "--runs_dir", str(out / "test_runs"), "--ckpt_path", str(ckpt), *decoding]
         start = time.perf_counter()
         print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: {'test' if m.test_only else 'fit'} ...", flush=True)
@@ -308,8 +371,9 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
         cli(test, log, threads)
         commands.append("python -m experiments " + shlex.join(test))
         metrics = read_test_metrics(out / "test_runs" / "study" / m.key)
-        summary = json.loads((out / "runs" / "study" / trained / "summary.json").read_text())
         tested = json.loads((out / "test_runs" / "study" / m.key / "summary.json").read_text())
+        summary = {} if trained == "shipped" else json.loads(
+            (out / "runs" / "study" / trained / "summary.json").read_text())
         results[m.key] = {"label": m.label, "test": metrics,
                           "fit_wall_s": None if m.test_only else summary.get("wall_time_s"),
                           "total_wall_s": time.perf_counter() - start, "steps": summary.get("global_step"),
@@ -336,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
     parser.add_argument("--quick", action="store_true", help="tiny corpus and a few steps per method (smoke run)")
-    parser.add_argument("--corpus", choices=["tone", "demo"], default="tone")
+    parser.add_argument("--corpus", choices=["demo", "tone"], default="demo",
+                        help="demo: speech, starting from the shipped model (default); tone: the generated pair")
     parser.add_argument("--only", default="",
                         help="comma-separated methods by letter or key, e.g. b,e or b_source_only,e_dann (default: all)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a Settings field")
@@ -346,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes", type=Path, default=None, help="markdown file appended to the report as Notes")
     parser.add_argument("--report-only", action="store_true", help="rewrite OUT/report.md from OUT/study.json")
     args = parser.parse_args(argv)
-    s = Settings.quick() if args.quick else Settings()
+    s = Settings.for_corpus(args.corpus, args.quick)
     for item in args.set:
         key, value = item.split("=", 1)
         setattr(s, key, type(getattr(s, key))(value))

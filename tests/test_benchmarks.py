@@ -7,6 +7,8 @@ The DDP and transfer-study smokes start several CLI processes and are marked ``s
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -83,14 +85,33 @@ def test_bench_ddp_quick_gives_identical_metrics():
 
 @pytest.mark.slow
 def test_transfer_study_quick_writes_report(tmp_path):
+    """The default study: demo speech, (b) = the shipped model tested as is, every method starts from it."""
     out = tmp_path / "study"
     run_script("transfer_study.py", "--quick", "--out", str(out))
     report = (out / "report.md").read_text()
-    for label in ("(a) scratch", "(b) source only", "(c) fine-tune", "(d) frozen", "(e) DANN", "(g) self-training",
-                  "(h) self-training after DANN", "(i) source only + TTA"):
+    for label in ("(a) scratch", "(b) source only (shipped model)", "(c) fine-tune", "(d) frozen", "(e) DANN",
+                  "(f) fine-tune + source replay", "(g) self-training", "(h) self-training after DANN",
+                  "(i) source only + TTA"):
         assert label in report
+    assert "experiments/demo_corpus" in report and "synth_en_bigru.ckpt" in report
+    assert not (out / "runs" / "study" / "b_source_only").exists()  # (b) is never trained
+    configs = {p.name: p.read_text() for p in (out / "configs").glob("data_*.yaml")}
+    assert configs and all("synth_en_bigru.ckpt" in text for text in configs.values())  # its vocabulary
+    study = json.loads((out / "study.json").read_text())
+    assert study["results"]["b_source_only"]["steps"] is None
     assert (out / "compare" / "report.md").is_file()
     assert "## Expected orderings" in report
     assert "target WER % beam+LM" in report and (out / "compare_test" / "report.md").is_file()  # greedy and beam+LM
     tta_row = next(line for line in report.splitlines() if line.startswith("| (i) source only + TTA"))
     assert float(tta_row.rstrip(" |").rsplit("|", 1)[1]) > 0  # TTA s per audio s
+
+
+@pytest.mark.slow
+def test_transfer_study_quick_tone_trains_its_own_source_model(tmp_path):
+    out = tmp_path / "study"
+    run_script("transfer_study.py", "--quick", "--corpus", "tone", "--only", "b,c", "--set", "beam_size=0",
+               "--out", str(out))
+    study = json.loads((out / "study.json").read_text())
+    assert study["corpus"] == "tone" and study["results"]["b_source_only"]["steps"] > 0
+    assert (out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt").is_file()
+    assert "| (c) fine-tune, staged |" in (out / "report.md").read_text()
