@@ -8,7 +8,6 @@ The DDP and transfer-study smokes start several CLI processes and are marked ``s
 from __future__ import annotations
 
 import json
-
 import os
 import subprocess
 import sys
