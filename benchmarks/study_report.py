@@ -78,8 +78,8 @@ DEMO_CORPUS = ("experiments/demo_corpus: source = espeak-ng voices (LibriSpeech 
                "15 dev / 15 test utterances per domain, held-out sentences and speakers")
 DEMO_MODELS = ("- models: (b) = the shipped source model `experiments/models/synth_en_bigru.ckpt` (ScratchEncoder "
                "4xBiGRU-384 CTC, 28 characters + blank, trained on 3.1 h of espeak-ng English; "
-               "`source_model.yaml`), tested as is; (c) demo_finetune.yaml and (f) demo_finetune_replay-style replay "
-               "start from its encoder AND CTC head (`init_head_from`), unfreezing schedule stretched to the budget; "
+               "`source_model.yaml`), tested as is; (c) demo_finetune.yaml and (f) = (c) + source replay start from "
+               "its encoder AND CTC head (`init_head_from`), unfreezing schedule stretched to the budget; "
                "(d) demo_frozen.yaml on its frozen encoder; (e) demo_dann.yaml from its encoder and head; "
                "(g) demo_pseudo_label.yaml from it (`init_from`), (h) the same from (e); (i) = the shipped model "
                "tested with SUTA, {tta_steps} steps, lr {tta_lr}; (a) scratch_demo.yaml (2xBiGRU-256) from random "
