@@ -4,6 +4,7 @@
     FineTuneCTC        pretrained backbone + new head, discriminative lrs (finetune.py)
     FrozenFeatureCTC   frozen backbone, weighted layer sum, light head, feature cache (frozen.py)
     DANNCTC            domain-adversarial training with gradient reversal (dann.py)
+    MetaCTC            meta-learned initialisation for few-shot adaptation: FOMAML / Reptile (meta.py)
     load_model(path)   rebuild any of them from a checkpoint alone (checkpoint.py)
 """
 
@@ -15,10 +16,11 @@ from lightning_modules.finetune import FineTuneCTC
 from lightning_modules.frozen import FrozenFeatureCTC
 from lightning_modules.grl import GradientReversal, ganin_lambda, grad_reverse
 from lightning_modules.heads import BiLSTMHead, DomainClassifier, LinearHead
+from lightning_modules.meta import MetaCTC
 from lightning_modules.optim import TransferLRScheduler
 
 __all__ = [
     "BiLSTMHead", "CTCModule", "DANNCTC", "DomainClassifier", "FineTuneCTC", "FrozenFeatureCTC",
-    "GradientReversal", "LastLayer", "LinearHead", "TransferLRScheduler", "WeightedLayerSum",
+    "GradientReversal", "LastLayer", "LinearHead", "MetaCTC", "TransferLRScheduler", "WeightedLayerSum",
     "ganin_lambda", "grad_reverse", "greedy_decode", "load_model",
 ]

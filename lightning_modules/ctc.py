@@ -31,6 +31,7 @@ from datamodules.augment import SpecAugment
 from datamodules.base import Tokenizer, eval_domain_name, speech_datamodule
 from datamodules.batch import lengths_to_mask
 from datamodules.text import tokenizer_from_dict
+from lightning_modules.adaptation import AdaptationRecipe, adapted_outputs, is_episode
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
@@ -190,10 +191,15 @@ class CTCModule(pl.LightningModule):
     def _eval_step(self, stage: str, batch: dict, idx: int) -> dict[str, list[str]]:
         """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP).
 
-        Returns ``{"ids", "transcripts"}`` (as ``predict_step``; callbacks get it as ``outputs``).
+        An episode batch (``datamodules.episodic``) is scored on its query after adapting on its
+        support (``lightning_modules.adaptation``). Returns ``{"ids", "transcripts"}`` (as
+        ``predict_step``; callbacks get it as ``outputs``).
         """
         domain, (key, metrics) = eval_domain_name(self._trainer, stage, idx), self._metric_set(stage, idx)
-        log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
+        if is_episode(batch):
+            batch, (log_probs, lengths) = adapted_outputs(self, batch)
+        else:
+            log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
         size = len(batch["lengths"])
         logged = {}
         if "targets" in batch:
@@ -209,6 +215,11 @@ class CTCModule(pl.LightningModule):
             self.log(f"{stage}/{domain}/{name}", metric, on_step=False, on_epoch=True, batch_size=size,
                      add_dataloader_idx=False, metric_attribute=f"metrics.{key}.{name}")
         return {"ids": list(batch["ids"]), "transcripts": hyps}
+
+    def adaptation_recipe(self) -> AdaptationRecipe:
+        """How this module adapts to a task's support set (few-shot evaluation, ``speechxfer adapt``):
+        nothing of its own here (the evaluation protocol sets it); ``MetaCTC`` returns its inner loop."""
+        return AdaptationRecipe()
 
     # ---------------------------------------------------------------- optimisation
     def backbone_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
