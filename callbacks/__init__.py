@@ -10,6 +10,7 @@
     RunSummary               <run dir>/summary.json, kept current (run_summary.py)
     WandbValidationSamples   validation transcripts with audio as a W&B table (wandb_extras.py)
     WandbLayerWeights        featurizer layer weights as a W&B bar chart (wandb_extras.py)
+    WandbAdaptationCurve     few-shot test WER vs k shots as a W&B line plot (wandb_extras.py)
 """
 
 from callbacks.grad_sync import GradSync
@@ -18,9 +19,9 @@ from callbacks.run_summary import RunSummary
 from callbacks.slurm_requeue import SlurmRequeue
 from callbacks.throughput import AudioThroughput
 from callbacks.unfreeze import GradualUnfreezing
-from callbacks.wandb_extras import WandbLayerWeights, WandbValidationSamples
+from callbacks.wandb_extras import WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples
 
 __all__ = [
     "AudioThroughput", "GradSync", "GradualUnfreezing", "RandomState", "ResumeAtEpochEnd", "RunSummary",
-    "SlurmRequeue", "WandbLayerWeights", "WandbValidationSamples",
+    "SlurmRequeue", "WandbAdaptationCurve", "WandbLayerWeights", "WandbValidationSamples",
 ]

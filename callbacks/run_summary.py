@@ -18,6 +18,10 @@ come from the ``SpeechDataModule`` (null when fitting on plain dataloaders). Sch
 
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
 ``WandbLogger`` is attached), so ``speechxfer compare`` reads W&B runs the same way.
+
+``speechxfer test`` adds ``"test": {"test/<domain>/<metric>": value, ...}`` (e.g. the few-shot
+``test/fewshot/k5/wer``) to the run dir's ``summary.json`` -- the fit's entries are kept; a run dir
+without one gets the static entries and ``"status": "tested"``.
 """
 
 from __future__ import annotations
@@ -78,8 +82,12 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
         self._track_trainable(pl_module)
+        self._static = self._static_entries(trainer, pl_module)
+
+    @staticmethod
+    def _static_entries(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         datamodule = speech_datamodule(trainer)
-        self._static = {
+        return {
             "method": type(pl_module).__name__,
             "module_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "backbone": describe_backbone(pl_module),
@@ -104,6 +112,20 @@ class RunSummary(Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.experiment.summary["speechxfer"] = json.loads(json.dumps(payload, default=str))
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        path = Path(trainer.default_root_dir) / self.filename
+        payload = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+            "status": "tested", **self._static_entries(trainer, pl_module)}
+        payload["test"] = {name: float(value) for name, value in sorted(trainer.callback_metrics.items())
+                           if name.startswith("test/")}
+        payload["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(path, payload)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary["speechxfer"] = json.loads(json.dumps(payload, default=str))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if self._start is not None:

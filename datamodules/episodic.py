@@ -35,7 +35,9 @@ memory (about 2 kB per utterance).
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -50,11 +52,13 @@ from datamodules.batch import domain_id
 from datamodules.corpus_base import Corpus
 from datamodules.dataset import SpeechDataset
 from datamodules.sampling import make_loader, resolve_rank
-from datamodules.tasks import (EpisodePlan, TaskSplit, Unit, drop_small, eval_episode, fits, group_tasks, split_tasks,
-                               train_episodes)
+from datamodules.tasks import (EpisodePlan, TaskSplit, Unit, drop_small, eval_episode, fits, group_tasks,
+                               resolve_names, split_tasks, train_episodes)
 from datamodules.text import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
+FEWSHOT_DOMAIN = "fewshot/k{k:g}"  # few-shot test loader names: metrics test/fewshot/k<k>/{wer,cer,loss}
+FEWSHOT_METRIC = re.compile(r"^test/fewshot/k([0-9.]+)/(wer|cer)$")
 
 
 class PooledCorpus(Corpus):
@@ -199,7 +203,7 @@ class EpisodicDataModule(ASRDataModule):
 
     @property
     def test_domains(self) -> list[str]:
-        return [f"fewshot/k{k:g}" for k in self.test_shots] if self.test_shots else [self.eval_name]
+        return [FEWSHOT_DOMAIN.format(k=k) for k in self.test_shots] if self.test_shots else [self.eval_name]
 
     def train_batches_per_epoch(self, rank: int | None = None, world_size: int | None = None) -> int:
         if self.train_mode == "pooled":
@@ -285,6 +289,18 @@ class EpisodicDataModule(ASRDataModule):
         tasks, task_split = self.tasks()
         names = task_split.val if split == "val" else task_split.test
         return [eval_episode(n, tasks[n], shots, self.eval_queries, self.unit, self.seed) for n in names]
+
+    def task_episode(self, task: str, shots: float) -> EpisodePlan:
+        """The fixed evaluation episode (``eval_queries`` query, ``shots`` support) of any task (name or
+        unique prefix): the one the few-shot test uses for a meta-test task."""
+        tasks = self.tasks()[0]
+        name = resolve_names([task], sorted(tasks), f"{self.task_key} task")[0]
+        return eval_episode(name, tasks[name], shots, self.eval_queries, self.unit, self.seed)
+
+    def cuts_of(self, ids: Sequence[str]) -> CutSet:
+        """The pool's cuts with these ids, in this order."""
+        self.tasks()
+        return CutSet.from_cuts([self._tasks[2][i] for i in ids])
 
     def _eval_loader_for(self, split: Literal["val", "test"], shots: float, rank: int | None,
                          world_size: int | None) -> DataLoader:

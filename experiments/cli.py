@@ -11,6 +11,7 @@ Training subcommands are LightningCLI's, driven by one YAML per experiment::
 Tools with their own arguments::
 
     speechxfer transcribe --ckpt model.ckpt audio.flac [more files or folders]
+    speechxfer adapt --ckpt model.ckpt --support spk/ --steps 5 --lr 0.05 --out spk.ckpt
     speechxfer sweep experiments/sweeps/quickstart_lr.yaml --backend optuna
     speechxfer compare runs/quickstart/* --out report/
     speechxfer slurm experiments/librispeech_finetune_wav2vec2.yaml --nodes 2 --gpus-per-node 4
@@ -37,6 +38,7 @@ from experiments.runs import (
 
 TOOLS = {  # name -> module whose main(argv) runs it
     "transcribe": "experiments.transcribe",
+    "adapt": "experiments.adapt",
     "sweep": "experiments.sweep",
     "compare": "experiments.compare",
     "slurm": "experiments.slurm",
@@ -101,12 +103,13 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     from callbacks import (
-        AudioThroughput, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue, WandbLayerWeights,
-        WandbValidationSamples,
+        AudioThroughput, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue, WandbAdaptationCurve,
+        WandbLayerWeights, WandbValidationSamples,
     )
 
     have = {type(cb) for cb in present}
-    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd, RandomState]
+    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, WandbAdaptationCurve,
+              ResumeAtEpochEnd, RandomState]
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         wanted.append(SlurmRequeue)  # checkpoint + requeue on sbatch --signal=SIGUSR1@90
     added = [cls() for cls in wanted if cls not in have]

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from datamodules.episodic import FEWSHOT_METRIC
 log = logging.getLogger(__name__)
 VAL_METRIC = re.compile(r"^val/([^/]+)/(wer|cer)$")
 METRICS_CSV = ("metrics.csv", "csv/metrics.csv")
@@ -38,7 +39,8 @@ class RunRecord:
     """What the comparison report needs to know about one run.
 
     ``best`` maps ``val/<domain>/<wer|cer>`` to the best (lowest) value; ``curves`` maps the same
-    names to ``[(step, value), ...]`` in step order.
+    names to ``[(step, value), ...]`` in step order; ``fewshot`` maps k (support shots) to
+    ``{"wer": ..., "cer": ...}`` of a few-shot test (``summary.json["test"]``).
     """
 
     name: str
@@ -54,6 +56,7 @@ class RunRecord:
     status: str | None = None
     best: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    fewshot: dict[float, dict[str, float]] = field(default_factory=dict)
 
     def best_of(self, domain: str, kind: str = "wer") -> float | None:
         return self.best.get(f"val/{domain}/{kind}")
@@ -149,6 +152,9 @@ def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.status = summary.get("status", record.status)
     for name, best in (summary.get("best") or {}).items():
         record.best[name] = float(best["value"] if isinstance(best, dict) else best)
+    for name, value in (summary.get("test") or {}).items():
+        if (match := FEWSHOT_METRIC.match(name)) and _float(value) is not None:
+            record.fewshot.setdefault(float(match.group(1)), {})[match.group(2)] = float(value)
 
 
 def _from_config(record: RunRecord, config: dict[str, Any]) -> None:
