@@ -170,3 +170,17 @@ def test_split_refuses_too_few_eval_tasks():
     tasks = {f"t{i}": [Utterance(f"t{i}-{j}", 1.0) for j in range(3)] for i in range(3)}
     with pytest.raises(ValueError, match=r"meta_val=1 tasks asked for, but only 0 task\(s\) left"):
         split_tasks(tasks, 1, 1, 0, {"t0": True, "t1": False, "t2": False})
+
+
+def test_task_keys_read_the_supervision():
+    from lhotse import Recording
+
+    from datamodules.corpus_base import make_cut
+    from datamodules.tasks import task_of
+
+    rec = Recording.from_dict({"id": "u1", "sources": [{"type": "file", "channels": [0], "source": "u1.flac"}],
+                               "sampling_rate": 16000, "num_samples": 16000, "duration": 1.0, "channel_ids": [0]})
+    cut = make_cut(rec, "hello", "client7", "ca", {"corpus": "commonvoice", "accents": "Central", "variant": "valencia"})
+    keys = ("speaker", "locale", "language", "accent", "domain", "corpus", "variant", "gender")
+    assert [task_of(cut, key) for key in keys] == ["client7", "ca", "ca", "Central", "commonvoice", "commonvoice",
+                                                   "valencia", None]
