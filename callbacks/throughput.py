@@ -31,10 +31,12 @@ def batch_audio(batch: Any) -> tuple[torch.Tensor, int]:
         lengths = batch["lengths"]
         return lengths.sum(), int(lengths.numel())
     parts_of = []
-    if isinstance(batch, list):
+    if isinstance(batch, list):  # a meta-batch of episodes
         parts_of = batch
-    elif isinstance(batch, dict):
-        parts_of = [b for b in batch.values() if isinstance(b, dict)]  # an episode's "task" etc. are not audio
+    elif isinstance(batch, dict) and "query" in batch:  # an episode
+        parts_of = [b for b in (batch.get("support"), batch["query"]) if b is not None]
+    elif isinstance(batch, dict) and batch and all(isinstance(b, dict) for b in batch.values()):
+        parts_of = list(batch.values())
     if parts_of:
         parts = [batch_audio(b) for b in parts_of]
         return torch.stack([s for s, _ in parts]).sum(), sum(n for _, n in parts)
