@@ -86,7 +86,7 @@ def data_configs(out: Path, source: Path, s: Settings) -> tuple[Path, Path, int,
     from lightning_modules.backbones.base import build_backbone
 
     backbone = build_backbone(torch.load(source, map_location="cpu", weights_only=False)["speechxfer"]["backbone_config"])
-    common = {"tokenizer_path": str(source), "cache_dir": str(out / "cache"), "frames_per_second": backbone.frames_per_second,
+    common = {"tokenizer_path": str(source), "cache_dir": str(out / "cache"),
               "num_workers": 1, "steps_per_epoch": s.steps_per_epoch, "test_shots": s.test_shots,
               "adapt_steps": s.adapt_steps, "adapt_lr": s.adapt_lr, "adapt_groups": s.adapt_groups,
               "eval_queries": s.queries, "on_bad_input": "skip"}
@@ -96,6 +96,7 @@ def data_configs(out: Path, source: Path, s: Settings) -> tuple[Path, Path, int,
         config["init_args"].update(copy.deepcopy(common))
         paths[name] = write_yaml(out / "configs" / f"data_{name}.yaml", config)
     dm = instantiate_data(paths["demo_meta_pooled"])
+    dm.output_lengths = backbone.output_lengths  # the label checks count the source backbone's frames
     dm.setup("fit")
     per_batch = len(dm.train_cuts()) / dm.train_batches_per_epoch(0, 1)
     passes = dm.tasks_per_step * (s.inner_steps * dm.shots + dm.queries)

@@ -95,7 +95,6 @@ def source_data_config(root: Path, max_duration: float = 20.0, num_workers: int 
     return {"class_path": "datamodules.ASRDataModule", "init_args": {
         "domain": "source", "train": librispeech(root, "train-clean-100"), "val": val, "test": test,
         "max_duration": max_duration, "num_buckets": num_buckets, "num_workers": num_workers,
-        "frames_per_second": 25.0,
         "seed": seed, "cache_dir": str(Path(root) / ".cache")}}
 
 

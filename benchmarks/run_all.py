@@ -29,6 +29,8 @@ BENCHMARKS = {  # key -> script
     "cache": "bench_feature_cache.py",
     "ddp": "bench_ddp.py",
     "memory": "bench_memory.py",
+    "decode": "bench_decode.py",
+    "gpu": "bench_gpu.py",  # prints SKIP without CUDA (--quick: its reduced CPU mode)
 }
 DATA_ROW = re.compile(r"^\|\s*(?P<name>[^|]+?)\s*\|\s*(?P<value>[^|]+?)\s*\|\s*(?P<goal>[<>]=[^|]+?)\s*\|"
                       r"\s*(?P<ratio>[^|]+?)\s*\|\s*(?P<status>[^|]*?)\s*\|$")

@@ -25,16 +25,20 @@ def pct(value: float | None) -> str:
 
 
 def test_table(results: dict) -> list[str]:
-    lines = ["| method | target WER % | target CER % | source WER % | source CER % | steps | trainable params "
-             "| fit wall s |", "|---|---|---|---|---|---|---|---|"]
+    """Greedy test WER/CER per method, plus beam search + LM WER/CER (``test_beam/*``) when logged."""
+    beam = any("test_beam/target/wer" in r["test"] for r in results.values())
+    extra = " target WER % beam+LM | target CER % beam+LM | source WER % beam+LM |" if beam else ""
+    lines = [f"| method | target WER % | target CER % | source WER % | source CER % |{extra} steps | "
+             "trainable params | fit wall s |", "|---" * (8 + 3 * beam) + "|"]
     for r in results.values():
         t = r["test"]
         params, wall = r.get("trainable_params"), r.get("fit_wall_s")
         params = "" if params is None else f"{params / 1e3:.0f}k"
         wall = "" if wall is None else f"{wall:.0f}"
-        lines.append(f"| {r['label']} | {pct(t.get('test/target/wer'))} | {pct(t.get('test/target/cer'))} | "
-                     f"{pct(t.get('test/source/wer'))} | {pct(t.get('test/source/cer'))} | {r.get('steps', '')} | "
-                     f"{params} | {wall} |")
+        cells = [pct(t.get(f"test/{d}/{k}")) for d in ("target", "source") for k in ("wer", "cer")]
+        if beam:
+            cells += [pct(t.get(f"test_beam/{m}")) for m in ("target/wer", "target/cer", "source/wer")]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r.get('steps', '')} | {params} | {wall} |")
     return lines
 
 
@@ -46,17 +50,18 @@ def orderings(results: dict) -> list[str]:
             continue
         b, w = results[better]["test"], results[worse]["test"]
         verdicts = []
-        for kind in ("wer", "cer"):
-            key = f"test/target/{kind}"
+        for family, kind in (("test", "wer"), ("test", "cer"), ("test_beam", "wer")):
+            key = f"{family}/target/{kind}"
             if key in b and key in w:
-                verdicts.append(f"target {kind.upper()} {pct(b[key])} vs {pct(w[key])} "
-                                f"({'shown' if b[key] < w[key] else 'NOT shown'})")
+                name = f"target {kind.upper()}" + (" beam+LM" if family == "test_beam" else "")
+                shown = "shown" if b[key] < w[key] else "NOT shown"
+                verdicts.append(f"{name} {pct(b[key])} vs {pct(w[key])} ({shown})")
         lines.append(f"- {results[better]['label']} < {results[worse]['label']}: {claim}. " + "; ".join(verdicts))
     return lines
 
 
-def compare_table(out: Path) -> list[str]:
-    report = out / "compare" / "report.md"
+def compare_table(out: Path, folder: str = "compare") -> list[str]:
+    report = out / folder / "report.md"
     if not report.is_file():
         return ["(compare report missing)"]
     return [line for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
@@ -82,7 +87,10 @@ def write_study_report(out: Path, study: dict) -> Path:
         "- models: demo configs (quickstart.yaml ScratchEncoder 2xBiLSTM-160 CTC; demo_finetune.yaml with its "
         "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml), seed 0",
         "- evaluation: `speechxfer test` on the LAST checkpoint of each run (fixed budget, no model selection), "
-        "greedy CTC decoding",
+        "greedy CTC decoding" + (f"; and beam search (beam {s['beam_size']}) with the lexicon and a "
+                                 f"{s.get('lm_order')}-gram LM of the source training transcripts (`OUT/lm/`), "
+                                 f"lm_weight {s.get('lm_weight')}, word_score {s.get('word_score')}, same checkpoints"
+                                 if s.get("beam_size", 0) > 0 else ""),
         f"- machine: {cpu_model()}, {os.cpu_count()} cores; total wall time {study['wall_s'] / 60:.1f} min", "",
         "## Test set results", "",
         *test_table(study["results"]), "",
@@ -90,6 +98,8 @@ def write_study_report(out: Path, study: dict) -> Path:
         *(orderings(study["results"]) or ["- (not all methods were run)"]), "",
         "## `speechxfer compare` (best validation values during training)", "",
         *compare_table(out), "",
+        *(["## `speechxfer compare` of the test runs (greedy and beam search + LM)", "",
+           *compare_table(out, "compare_test"), ""] if (out / "compare_test").is_dir() else []),
         "Figures: [compare/wer_curves.png](compare/wer_curves.png), "
         "[compare/target_wer_vs_minutes.png](compare/target_wer_vs_minutes.png)", "",
     ]

@@ -12,6 +12,8 @@ plus command-line overrides, then evaluated on the source and target TEST sets w
     (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
     (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal; starts from the
                                          source model (b) (``--set dann_init=scratch``: random init)
+    (f) replay       demo_finetune.yaml  as (c), with source replay: each epoch muxes the target subset with a
+                                         slice of the source training set (``replay_ratio`` of the audio)
 
 Data (``--corpus``): ``tone`` (default) generates a source/target pair of "tone speech"
 (``benchmarks/tone_pair.py``: LibriSpeech layout source, Common Voice layout MP3 target with a shifted
@@ -21,6 +23,12 @@ voice + noise) that tiny CPU models learn in minutes; ``demo`` uses ``experiment
 ``OUT/compare/``, and ``OUT/report.md`` gives the test table, the expected orderings from the
 literature ((c) < (a) and (e) < (b) on target WER) with whether this run shows them, the settings and
 the exact commands.
+
+Decoding: every test run logs greedy metrics (``test/<domain>/*``) and, unless ``--set beam_size=0``,
+beam search + LM metrics of the same checkpoint and forward pass (``test_beam/<domain>/*``, the
+``eval_decoders`` of ``CTCModule``): a lexicon and a ``lm_order``-gram LM built from the SOURCE training
+transcripts (``speechxfer lm``, ``OUT/lm/``; no target text), weights ``lm_weight`` / ``word_score``.
+``OUT/compare_test/`` compares the test runs (greedy and beam columns side by side).
 
 Overrides the study adds to the demo configs (see ``method_args``): data configs for the chosen corpus
 (one character vocabulary, built from the source training text, for every method); whole epochs
@@ -37,6 +45,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -71,6 +80,11 @@ class Settings:
     dann_init: str = "source"    # (e) starts from the source model (b) ("source") or from random init ("scratch")
     dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (as demo_dann.yaml)
     dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
+    replay_ratio: float = 0.3    # (f) share of each epoch's audio replayed from the source training set
+    beam_size: int = 50          # test also with beam search + lexicon + LM (0: greedy only)
+    lm_order: int = 3            # n-gram order of the LM from the source training transcripts
+    lm_weight: float = 1.0
+    word_score: float = 0.0
 
     @classmethod
     def quick(cls) -> Settings:
@@ -94,6 +108,7 @@ METHODS = [
     Method("c_finetune", "demo_finetune.yaml", "target_subset", needs_source=True, label="(c) fine-tune, staged"),
     Method("d_frozen", "demo_frozen.yaml", "target_subset", needs_source=True, label="(d) frozen + head"),
     Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),  # after (b)
+    Method("f_replay", "demo_finetune.yaml", "target_replay", needs_source=True, label="(f) fine-tune + source replay"),
 ]
 
 
@@ -126,24 +141,24 @@ def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dic
         "domain": domain, "train": train,
         "val": {first: c[f"{first}_dev"], second: c[f"{second}_dev"]},
         "test": {first: c[f"{first}_test"], second: c[f"{second}_test"]},
-        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0,
-        "frames_per_second": 100 / s.subsampling, "cache_dir": str(cache),
+        "max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "seed": 0, "cache_dir": str(cache),
         "tokenizer_path": str(cache / "tokenizer.json")}}
 
 
 def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
-    """data_source.yaml, data_target_subset.yaml, data_dann.yaml under ``out/configs``."""
+    """data_source.yaml, data_target_subset.yaml, data_dann.yaml, data_target_replay.yaml under ``out/configs``."""
     cache = out / "cache"
     subset = c["target_subset"](s.target_minutes)
     common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
-              "frames_per_second": 100 / s.subsampling,
               "tokenizer_path": str(build_tokenizer(c, cache, cache / "tokenizer.json"))}
     dann = {"class_path": "datamodules.DomainAdaptationDataModule", "init_args": {
         "source_train": c["source_train"], "target_train": c["target_train"], "target_labels": False,
         "val": {"source": c["source_dev"], "target": c["target_dev"]},
         "test": {"source": c["source_test"], "target": c["target_test"]}, **common}}
+    replay = asr_data("target", subset, c, s, cache)
+    replay["init_args"].update(replay=c["source_train"], replay_ratio=s.replay_ratio)
     configs = {"source": asr_data("source", c["source_train"], c, s, cache),
-               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann}
+               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann, "target_replay": replay}
     return {k: write_yaml(out / "configs" / f"data_{k}.yaml", v) for k, v in configs.items()}
 
 
@@ -204,23 +219,37 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         args += ["--model.init_args.backbone.init_args.subsampling", str(s.subsampling)]
     if m.key == "e_dann":
         args += ["--model.init_args.lambda_max", str(s.dann_lambda), "--model.init_args.domain_level", s.dann_level]
-    if m.key == "c_finetune":  # the demo schedule in epochs, stretched to this budget: head, +top layer, all
+    if m.key in ("c_finetune", "f_replay"):  # the demo schedule in epochs, stretched to this budget: head, +top, all
         schedule = {0: ["head"], max(1, epochs // 5): ["top:1"], max(2, 2 * epochs // 5): ["all"]}
         override = {"callbacks": [{"class_path": "callbacks.GradualUnfreezing", "init_args": {
             "unit": "epoch", "schedule": schedule, "warmup_steps": 10}}]}
-        args += ["--config", str(write_yaml(out / "configs" / "finetune_schedule.yaml", override))]
+        args += ["--config", str(write_yaml(out / "configs" / f"{m.key}_schedule.yaml", override))]
     if m.key == "d_frozen":
         args += ["--model.init_args.feature_cache_dir", str(out / "feature_cache")]
     return args
 
 
 def read_test_metrics(run_dir: Path) -> dict[str, float]:
+    """``test/*`` (greedy) and ``test_<decoder>/*`` values of a test run."""
     path = next(p for p in (run_dir / "metrics.csv", run_dir / "csv" / "metrics.csv") if p.is_file())
     values = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            values.update({k: float(v) for k, v in row.items() if v and k.startswith("test/")})
+            values.update({k: float(v) for k, v in row.items() if v and k.split("/")[0].split("_")[0] == "test"})
     return values
+
+
+def decoding_args(out: Path, data: dict[str, Path], s: Settings, log: Path) -> list[str]:
+    """``--model.init_args.eval_decoders`` of the test runs: beam search + lexicon + LM from the source
+    training transcripts (built once into ``out/lm``); none when ``s.beam_size`` is 0."""
+    if s.beam_size <= 0:
+        return []
+    lm = out / "lm"
+    cli(["lm", "--data", str(data["source"]), "--tokenizer", str(out / "cache" / "tokenizer.json"),
+         "--order", str(s.lm_order), "--out", str(lm)], log)
+    beam = {"beam_size": s.beam_size, "lexicon": str(lm / "lexicon.txt"), "lm": str(lm / "lm.arpa"),
+            "lm_weight": s.lm_weight, "word_score": s.word_score}
+    return ["--model.init_args.eval_decoders", json.dumps({"beam": beam})]
 
 
 def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None, threads: int | None = 1,
@@ -233,6 +262,7 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
         make_tone_corpus(root, s.train, s.dev, s.test, target_shift=s.shift)
     data = write_data_configs(out, corpora(corpus, root), s)
     epoch_steps = {k: steps_per_epoch(p) for k, p in data.items()}
+    decoding = decoding_args(out, data, s, log)
     results, commands = {}, []
     for m in METHODS:
         if only and not {m.key, m.key.split("_")[0]} & set(only):  # "b_source_only" or "b"
@@ -240,7 +270,7 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
         args = method_args(m, out, data, s, epoch_steps)
         fit = ["fit", *args, "--runs_dir", str(out / "runs")]
         ckpt = out / "runs" / "study" / m.key / "checkpoints" / "last.ckpt"
-        test = ["test", *args, "--runs_dir", str(out / "test_runs"), "--ckpt_path", str(ckpt)]
+        test = ["test", *args, "--runs_dir", str(out / "test_runs"), "--ckpt_path", str(ckpt), *decoding]
         start = time.perf_counter()
         print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: fit ...", flush=True)
         cli(fit, log, threads)
@@ -250,13 +280,17 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
         results[m.key] = {"label": m.label, "test": metrics, "fit_wall_s": summary.get("wall_time_s"),
                           "total_wall_s": time.perf_counter() - start, "steps": summary.get("global_step"),
                           "trainable_params": summary.get("max_trainable_params")}
-        commands += ["python -m experiments " + " ".join(fit), "python -m experiments " + " ".join(test)]
+        commands += ["python -m experiments " + shlex.join(fit), "python -m experiments " + shlex.join(test)]
         shown = " | ".join(f"{d} WER {metrics.get(f'test/{d}/wer', float('nan')):.3f} "
-                           f"CER {metrics.get(f'test/{d}/cer', float('nan')):.3f}" for d in ("target", "source"))
+                           f"CER {metrics.get(f'test/{d}/cer', float('nan')):.3f}"
+                           f" (beam+LM WER {metrics.get(f'test_beam/{d}/wer', float('nan')):.3f})"
+                           for d in ("target", "source"))
         print(f"         {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
     compare = ["compare", str(out / "runs"), "--out", str(out / "compare"), "--format", "md"]
-    cli(compare, log)
-    commands.append("python -m experiments " + " ".join(compare))
+    compare_test = ["compare", str(out / "test_runs"), "--out", str(out / "compare_test"), "--format", "md"]
+    for command in (compare, compare_test):
+        cli(command, log)
+        commands.append("python -m experiments " + shlex.join(command))
     study = {"corpus": corpus, "settings": s.__dict__, "epoch_steps": epoch_steps, "results": results,
              "commands": commands, "wall_s": time.perf_counter() - t0, "notes": notes or []}
     (out / "study.json").write_text(json.dumps(study, indent=2), encoding="utf-8")

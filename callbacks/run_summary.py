@@ -14,6 +14,7 @@ come from the ``SpeechDataModule`` (null when fitting on plain dataloaders). Sch
      "trainable_params": 1234, "max_trainable_params": 1234, "total_params": 5678,
      "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
      "best": {"val/target/wer": {"value": 0.31, "step": 180}, ...},
+     "headline_metric": "val/target/wer",   # .../cer for languages written without spaces (datamodules/locales.py)
      "monitor_mode": "min", "updated": "2025-01-01T12:00:00"}
 
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
@@ -38,6 +39,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.atomic import write_json_atomic
 from datamodules.base import speech_datamodule
+from datamodules.locales import monitored_metric
 
 SUMMARY_FILE = "summary.json"
 BEST_METRIC = re.compile(r"^val/[^/]+/(wer|cer)$")
@@ -93,6 +95,7 @@ class RunSummary(Callback):
             "backbone": describe_backbone(pl_module),
             "data": datamodule.describe() if datamodule is not None else None,
             "labelled_target_minutes": datamodule.labelled_target_minutes if datamodule is not None else None,
+            "headline_metric": monitored_metric(datamodule) if datamodule is not None else None,
             "total_params": count_params(pl_module),
         }
 

@@ -35,10 +35,12 @@ from datamodules.augment import WaveformAugmentation
 from datamodules.base import SpeechDataModule, Tokenizer
 from datamodules.batch import DOMAIN_IDS, domain_id
 from datamodules.corpus_base import Corpus, describe_training
+from datamodules.ctc_check import FrameCounter
 from datamodules.dataset import SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import USER_CACHE_DIR
 from datamodules.probe import audio_file_cut
+from datamodules.replay import mix, replay_slice, total_seconds
 from datamodules.sampling import DurationBucketingSampler, check_covers_ranks, make_loader, resolve_rank
 from datamodules.text import CharTokenizer, SentencePieceTokenizer, TextNormalizer, load_tokenizer
 
@@ -65,7 +67,9 @@ class ASRDataModule(SpeechDataModule):
         shuffle, drop_last, seed: training sampler settings (``set_epoch`` reshuffles).
         num_workers: DataLoader workers per loader; ``pin_memory`` defaults to CUDA availability.
         augment: training-only waveform augmentation (off by default).
-        frames_per_second: encoder frame rate for the "clip too short for its CTC label" check.
+        replay: a source corpus to replay while training on this one (``replay.py``): the training cuts
+            become ``CutSet.mux`` of these and a seeded slice of ``replay`` holding ``replay_ratio`` of
+            the mixed audio. Validate on "source" too, to see the forgetting it prevents.
         on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs.
         cache_dir: corpus manifest + tokenizer cache; default: manifests next to the data (else
             ``~/.cache/speechxfer``), tokenizers in ``~/.cache/speechxfer``.
@@ -91,7 +95,8 @@ class ASRDataModule(SpeechDataModule):
         pin_memory: bool | None = None,
         seed: int = 0,
         augment: WaveformAugmentation | None = None,
-        frames_per_second: float = 50.0,
+        replay: Corpus | None = None,
+        replay_ratio: float = 0.2,
         on_bad_input: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
     ) -> None:
@@ -108,12 +113,16 @@ class ASRDataModule(SpeechDataModule):
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment = augment
-        self.frames_per_second = frames_per_second
+        if replay is not None and not train_labels:
+            raise ValueError("replay needs labelled training (train_labels=True): replayed source cuts are trained with CTC")
+        self.replay, self.replay_ratio = replay, replay_ratio
+        self.output_lengths: FrameCounter | None = None  # set: overrides the trainer's model (encoder_frames)
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # None: corpora pick
         self._tokenizer: Tokenizer | None = None
         self._raw: dict[str, CutSet] = {}
         self._checked: dict[str, CutSet] = {}
+        self._checked_frames: dict[str, bool] = {}  # key -> checked with encoder frame counts
         self.skipped: dict[str, dict[str, int]] = {}
         self.notes: dict[str, dict[str, int]] = {}  # kept-but-fixed items per split (predict files)
         self.predict_errors: list[BadInputError] = []  # the predict files skipped, in the order given
@@ -136,6 +145,11 @@ class ASRDataModule(SpeechDataModule):
     @property
     def test_domains(self) -> list[str]:
         return list(self.test_corpora)
+
+    @property
+    def val_languages(self) -> dict[str, str | None]:
+        """Language of each validation domain's corpus (decides the headline metric, see ``locales.py``)."""
+        return {name: corpus.language for name, corpus in self.val_corpora.items()}
 
     @property
     def augments_waveform(self) -> bool:
@@ -210,37 +224,68 @@ class ASRDataModule(SpeechDataModule):
 
     def describe(self) -> dict[str, str | None]:
         """``{"source": ..., "target": ...}``: the training corpus under this datamodule's domain."""
-        return {"source": None, "target": None, self.domain: describe_training(self.train_corpus, self.train_labels)}
+        train = describe_training(self.train_corpus, self.train_labels)
+        if train is not None and self.replay is not None:
+            train += f" + {100 * self.replay_ratio:g} % replay of {self.replay.describe()}"
+        return {"source": None, "target": None, self.domain: train}
 
     @property
     def labelled_target_minutes(self) -> float:
         """Minutes of labelled target-domain training audio (0 when training on the source domain)."""
         if self.domain != "target" or not self.train_labels or self.train_corpus is None:
             return 0.0
-        return minutes(self.train_cuts())
+        return minutes(self._train_cuts("train", self.train_corpus, True))  # without replayed source cuts
 
     # -- cuts ------------------------------------------------------------------------------------
     def train_cuts(self) -> CutSet:
-        """Training cuts after the label checks (labelled mode) -- what the sampler draws from."""
-        return self._train_cuts("train", self.train_corpus, self.train_labels)
+        """Training cuts after the label checks (labelled mode) -- what the sampler draws from; with
+        ``replay``, muxed with the replayed source slice."""
+        cuts = self._train_cuts("train", self.train_corpus, self.train_labels)
+        if self.replay is None:
+            return cuts
+        self._replay_cuts()  # the slice, as the raw cuts of key "replay"
+        replayed = self._train_cuts("replay", self.replay, True)
+        return mix(cuts, replayed, self.seed)
 
     def _train_cuts(self, key: str, corpus: Corpus | None, labels: bool) -> CutSet:
         """Cuts of training corpus ``key``: label-checked when ``labels``, else as scanned (text never read)."""
-        if key not in self._checked:
+        if self._stale(key, labels):
             if corpus is None:
                 raise ValueError(f"{type(self).__name__}: no training corpus was given ({key}=...)")
             raw = self._corpus_cuts(key, corpus)
             max_speed = self.augment.max_speed if self.augments_waveform else 1.0
             self._checked[key] = self._check(raw, key, max_speed) if labels else raw
+            self._checked_frames[key] = self.encoder_frames() is not None or not labels
+            self._batch_counts.clear()  # counted over the previous check's cuts
         return self._checked[key]
 
     def eval_cuts(self, split: Literal["val", "test"], name: str) -> CutSet:
         """Labelled val/test cuts of domain ``name`` (always labelled: that is the evaluation)."""
         key = f"{split}/{name}"
-        if key not in self._checked:
+        if self._stale(key, True):
             corpora = self.val_corpora if split == "val" else self.test_corpora
             self._checked[key] = self._check(self._corpus_cuts(key, corpora[name]), key, 1.0)
+            self._checked_frames[key] = self.encoder_frames() is not None
         return self._checked[key]
+
+    def encoder_frames(self) -> FrameCounter | None:
+        """Exact encoder frames per sample count: ``self.output_lengths`` if set, else the backbone of the
+        CTC model this datamodule is attached to (``model_output_lengths``); None without either (the
+        "too short for CTC" check then waits until a model is attached)."""
+        return self.output_lengths if self.output_lengths is not None else model_output_lengths(self.trainer)
+
+    def _stale(self, key: str, labels: bool) -> bool:
+        """True until ``key`` was checked, or when labelled cuts were checked without frame counts that now exist."""
+        if key not in self._checked:
+            return True
+        return labels and not self._checked_frames[key] and self.encoder_frames() is not None
+
+    def _replay_cuts(self) -> CutSet:
+        """The seeded slice of the replay corpus sized by ``replay_ratio`` against the target's audio."""
+        if "replay" not in self._raw:
+            target = total_seconds(self._corpus_cuts("train", self.train_corpus))
+            self._raw["replay"] = replay_slice(self.replay.cuts(self.cache_dir), target, self.replay_ratio, self.seed)
+        return self._raw["replay"]
 
     def _corpus_cuts(self, key: str, corpus: Corpus) -> CutSet:
         if key not in self._raw:
@@ -248,8 +293,12 @@ class ASRDataModule(SpeechDataModule):
         return self._raw[key]
 
     def _check(self, cuts: CutSet, name: str, max_speed: float) -> CutSet:
-        kept, skipped = check_labels(cuts, self.tokenizer, self.frames_per_second, self.on_bad_input,
-                                     max_speed=max_speed, name=f"{self.domain}/{name}")
+        frames = self.encoder_frames()
+        if frames is None and name not in self.skipped:
+            log.info("%s/%s: no model attached yet; clips too short for their CTC label are checked once one is "
+                     "(set .output_lengths to a backbone's output_lengths to check now)", self.domain, name)
+        kept, skipped = check_labels(cuts, self.tokenizer, frames, self.on_bad_input, max_speed=max_speed,
+                                     name=f"{self.domain}/{name}")
         self.skipped[name] = dict(skipped)
         if not any(True for _ in kept):
             raise BadInputError(name, "no_usable_utterances", f"every utterance was skipped: {dict(skipped)}")
@@ -275,8 +324,10 @@ class ASRDataModule(SpeechDataModule):
             return load_tokenizer(self.tokenizer_path)
         if self.train_corpus is None:
             raise ValueError("no training corpus to build the tokenizer from: pass train=... or tokenizer_path=...")
-        cuts = self._corpus_cuts("train", self.train_corpus)
-        texts = _Texts(cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
+        cuts = [self._corpus_cuts("train", self.train_corpus)]
+        if self.replay is not None:  # the replayed source text is trained on too
+            cuts.append(self._replay_cuts())
+        texts = _Texts(*cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
         settings = {"kind": self.tokenizer_kind, "normalizer": self.normalizer.to_dict(),
                     "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None}
         path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{_hash(settings, texts)}.json"
@@ -325,6 +376,14 @@ class ASRDataModule(SpeechDataModule):
         return make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
 
 
+def model_output_lengths(trainer: Any) -> FrameCounter | None:
+    """``backbone.output_lengths`` of the ``CTCModule`` the trainer fits; None without one."""
+    from lightning_modules.ctc import CTCModule  # the model side of the contract; imported when asked
+
+    module = trainer.lightning_module if trainer is not None else None
+    return module.backbone.output_lengths if isinstance(module, CTCModule) else None
+
+
 def progress_state(trainer: Any, sampler: DurationBucketingSampler | None, seed: int) -> dict[str, Any]:
     """``{"train_sampler": {epoch, batches, world_size, seed}}`` from the trainer's batch progress.
 
@@ -358,13 +417,13 @@ def _named(corpora: dict[str, Corpus] | Corpus | None, domain: str) -> dict[str,
 
 
 class _Texts:
-    """Re-iterable view of the raw transcripts of a CutSet (streamed: lazy manifests stay lazy)."""
+    """Re-iterable view of the raw transcripts of CutSets, one after the other (streamed: lazy stays lazy)."""
 
-    def __init__(self, cuts: CutSet) -> None:
-        self.cuts = cuts
+    def __init__(self, *cutsets: CutSet) -> None:
+        self.cutsets = cutsets
 
     def __iter__(self):
-        return iter_texts(self.cuts)
+        return (text for cuts in self.cutsets for text in iter_texts(cuts))
 
 
 def _hash(settings: dict, texts: Iterable[str]) -> str:

@@ -21,6 +21,8 @@ Members (abstract ones must be implemented; the others have the defaults shown):
     train_batches_per_epoch(rank, world_size)   abstract  int: training batches per epoch on that rank
     describe()                                  abstract  {"source": str | None, "target": str | None}
     labelled_target_minutes                     abstract  float: labelled target-domain training audio
+    val_languages                               unknown   {val domain: locale | None}; CER headline for
+                                                          languages without spaces (datamodules/locales.py)
     state_dict() / load_state_dict(state)       abstract  resumable sampler position ({} if nothing to resume)
 """
 
@@ -61,6 +63,11 @@ class SpeechDataModule(pl.LightningDataModule, ABC):
     @abstractmethod
     def test_domains(self) -> list[str]:
         """Name of each test dataloader, in order (metrics: ``test/<name>/wer``)."""
+
+    @property
+    def val_languages(self) -> dict[str, str | None]:
+        """Language (locale) of each val domain's transcripts; None where unknown (headline metric: WER)."""
+        return {name: None for name in self.val_domains}
 
     @property
     def augments_waveform(self) -> bool:

@@ -63,6 +63,10 @@ class CommonVoiceCorpus(Corpus):
         super().__init__(on_bad_input=on_bad_input, max_minutes=max_minutes, seed=seed)
         self.root, self.locale, self.split = Path(root).expanduser().absolute(), locale, split
 
+    @property
+    def language(self) -> str:
+        return self.locale
+
     def config(self) -> dict:
         return {**super().config(), "root": str(self.root), "locale": self.locale, "split": self.split}
 

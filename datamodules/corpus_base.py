@@ -139,6 +139,7 @@ class Corpus:
 
     corpus_name = "corpus"
     expected_sample_rates: tuple[int, ...] = (SAMPLE_RATE,)
+    language: str | None = None  # locale of the transcripts, e.g. "en", "ja" (None: unknown)
 
     def __init__(self, on_bad_input: str = "error", max_minutes: float | None = None, seed: int = 0):
         self.on_bad_input = E.check_on_bad_input(on_bad_input)

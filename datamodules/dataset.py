@@ -7,7 +7,8 @@ returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
 
 Bad input (``on_bad_input``): ``"error"`` raises ``BadInputError`` naming the utterance/file and
 the reason; ``"skip"`` drops the utterance, counts it per reason (``.skipped``) and logs it.
-Label problems are found before sampling by ``check_labels`` so the sampler never builds a batch
+Label problems (and clips too short for their CTC label, counted with the model backbone's exact
+frames, ``ctc_check``) are found before sampling by ``check_labels`` so the sampler never builds a batch
 around an unusable utterance; audio that fails to decode can only be found at load time.
 """
 
@@ -23,12 +24,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from lhotse import CutSet
+from lhotse.utils import compute_num_samples
 from lhotse.audio.backend import (LibsndfileBackend, get_current_audio_backend, get_default_audio_backend,
                                   set_current_audio_backend)
 from torch.utils.data import Dataset
 
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import SAMPLE_RATE, audio_key, make_batch
+from datamodules.ctc_check import FrameCounter, frames_and_needs
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
 
@@ -65,12 +68,6 @@ def cut_path(cut: Any) -> str:
     """The audio source a cut reads (file path, URL, ...), for error messages."""
     recording = getattr(cut, "recording", None)
     return recording.sources[0].source if recording is not None else f"<{type(cut).__name__} {cut.id}>"
-
-
-def ctc_min_frames(token_ids: list[int]) -> int:
-    """Fewest encoder frames a CTC alignment needs: one per token plus a blank between repeats."""
-    repeats = sum(a == b for a, b in zip(token_ids, token_ids[1:]))
-    return len(token_ids) + repeats
 
 
 def encode_label(cut: Any, tokenizer: Tokenizer) -> tuple[str, list[int]]:
@@ -113,25 +110,12 @@ def load_audio(cut: Any) -> np.ndarray:
     return cut.load_audio()
 
 
-def label_problem(cut: Any, tokenizer: Tokenizer, frames_per_second: float,
-                  max_speed: float = 1.0) -> BadInputError | None:
-    """The reason ``cut`` cannot be a CTC training example, or ``None``.
-
-    A clip of ``d`` seconds gives ``floor(d / max_speed * frames_per_second)`` encoder frames
-    (``max_speed`` > 1 when speed perturbation may shorten it); CTC needs ``ctc_min_frames``.
-    """
-    try:
-        _, ids = encode_label(cut, tokenizer)
-    except BadInputError as e:
-        return e
-    frames = int(cut.duration / max_speed * frames_per_second)
-    if frames < ctc_min_frames(ids):
-        return BadInputError(
-            f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
-            f"{cut.duration:.3f} s gives {frames} frames at {frames_per_second:g}/s "
-            f"(speed <= {max_speed:g}) but its {len(ids)}-token label needs {ctc_min_frames(ids)}",
-        )
-    return None
+def too_short(cut: Any, ids: list[int], frames: int, needed: int, max_speed: float) -> BadInputError:
+    """The error of a clip whose encoder frames (exact, from the backbone) cannot hold its CTC label."""
+    speed = f" at speed {max_speed:g}" if max_speed != 1.0 else ""
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", TOO_SHORT,
+                         f"{cut.duration:.3f} s gives {frames} encoder frames{speed} but its {len(ids)}-token "
+                         f"label needs {needed}")
 
 
 class ExcludeIds:
@@ -144,9 +128,14 @@ class ExcludeIds:
         return cut.id not in self.ids
 
 
-def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
-                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts") -> tuple[CutSet, Counter]:
+def check_labels(cuts: CutSet, tokenizer: Tokenizer, output_lengths: FrameCounter | None,
+                 on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts",
+                 chunk: int = 2048) -> tuple[CutSet, Counter]:
     """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable labels.
+
+    Labels that do not encode (OOV, empty) and, when ``output_lengths`` (the model backbone's exact
+    frame count, ``ctc_check``) is given, clips too short for their CTC label (at the fastest speed
+    perturbation ``max_speed``); the frames of ``chunk`` utterances are counted in one call.
 
     Returns the kept cuts and the per-reason skip counts. Nothing dropped: ``cuts`` itself. Else a
     lazily opened manifest written next to the one ``cuts`` reads (``derive_manifest``; it keeps
@@ -155,15 +144,35 @@ def check_labels(cuts: CutSet, tokenizer: Tokenizer, frames_per_second: float,
     check_on_bad_input(on_bad_input)
     bad: set[str] = set()
     skipped: Counter = Counter()
-    for cut in cuts:
-        problem = label_problem(cut, tokenizer, frames_per_second, max_speed)
-        if problem is None:
-            continue
+
+    def report(cut: Any, problem: BadInputError) -> None:
         if on_bad_input == "error":
             raise problem
         bad.add(cut.id)
         skipped[problem.reason] += 1
         log.debug("%s: skipped %s", name, problem)
+
+    def check_lengths(pending: list[tuple[Any, list[int]]]) -> None:
+        samples = [compute_num_samples(cut.duration, SAMPLE_RATE) for cut, _ in pending]
+        frames, needs = frames_and_needs(samples, [ids for _, ids in pending], output_lengths, max_speed)
+        for (cut, ids), n, need in zip(pending, frames, needs):
+            if n < need:
+                report(cut, too_short(cut, ids, n, need, max_speed))
+
+    pending: list[tuple[Any, list[int]]] = []
+    for cut in cuts:
+        try:
+            _, ids = encode_label(cut, tokenizer)
+        except BadInputError as problem:
+            report(cut, problem)
+            continue
+        if output_lengths is not None:
+            pending.append((cut, ids))
+            if len(pending) == chunk:
+                check_lengths(pending)
+                pending = []
+    if pending:
+        check_lengths(pending)
     if skipped:
         log.warning("%s: skipped %d utterance(s) with unusable labels (%s)", name, len(bad),
                     ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())))

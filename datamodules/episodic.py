@@ -165,7 +165,7 @@ class EpisodicDataModule(ASRDataModule):
         eval_name: name of the val/test loader (metrics ``val/<eval_name>/wer``); default ``domain``.
         domain: batch domain of the episodes, "source" or "target".
         **settings: every other ``ASRDataModule`` argument (tokenizer, tokenizer_path, max_duration,
-            num_workers, seed, on_bad_input, frames_per_second, augment, cache_dir, ...).
+            num_workers, seed, on_bad_input, augment, cache_dir, ...).
     """
 
     def __init__(self, corpora: Corpus | list[Corpus], task_key: str = "speaker", meta_val: int | list[str] = 1,
@@ -222,7 +222,7 @@ class EpisodicDataModule(ASRDataModule):
     # -- tasks -----------------------------------------------------------------------------------
     def tasks(self) -> tuple[dict, TaskSplit]:
         """``({task: [Utterance]}, TaskSplit)`` after the label checks, the split and the size checks."""
-        if self._tasks is None:
+        if self._tasks is None or self._stale("train", True):  # rebuilt once a model's frame counts exist
             self._tasks = self._build_tasks()
         return self._tasks[0], self._tasks[1]
 

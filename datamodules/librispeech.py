@@ -41,6 +41,7 @@ class LibriSpeechCorpus(Corpus):
     """
 
     corpus_name = "librispeech"
+    language = "en"
 
     def __init__(
         self,

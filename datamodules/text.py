@@ -195,6 +195,11 @@ class CharTokenizer(_TokenizerIO):
         """Number of classes of the CTC output layer, blank included."""
         return len(self.tokens)
 
+    @property
+    def symbols(self) -> list[str]:
+        """The symbol of every id, blank (id 0) included."""
+        return list(self.tokens)
+
     def _known(self, ch: str) -> bool:
         return ch in self._ids
 
@@ -273,6 +278,11 @@ class SentencePieceTokenizer(_TokenizerIO):
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
+
+    @property
+    def symbols(self) -> list[str]:
+        """The piece of every id, blank (id 0) included."""
+        return [self.sp.id_to_piece(i) for i in range(self.vocab_size)]
 
     def _known(self, ch: str) -> bool:
         known = self._known_chars.get(ch)

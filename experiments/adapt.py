@@ -90,7 +90,7 @@ def support_from_data(data: Corpus | EpisodicDataModule, task: str, task_key: st
         name = resolve_names([task], sorted(tasks), "--task")[0]
         plan = data.task_episode(name, len(tasks[name]) if shots is None else shots)
         return list(data.cuts_of(plan.support)), plan.task
-    cuts, skipped = check_labels(data.cuts(), model.tokenizer, model.backbone.frames_per_second, "skip")
+    cuts, skipped = check_labels(data.cuts(), model.tokenizer, model.backbone.output_lengths, "skip")
     if skipped:
         print(f"warning: skipped {sum(skipped.values())} support utterance(s): {dict(skipped)}", file=sys.stderr)
     tasks, _ = group_tasks(cuts, task_key or "speaker")

@@ -12,6 +12,7 @@ Tools with their own arguments::
 
     speechxfer transcribe --ckpt model.ckpt audio.flac [more files or folders]
     speechxfer adapt --ckpt model.ckpt --support spk/ --steps 5 --lr 0.05 --out spk.ckpt
+    speechxfer lm --ckpt model.ckpt --data experiments/data/demo_source.yaml   # n-gram LM + lexicon
     speechxfer sweep experiments/sweeps/quickstart_lr.yaml --backend optuna
     speechxfer compare runs/quickstart/* --out report/
     speechxfer slurm experiments/librispeech_finetune_wav2vec2.yaml --nodes 2 --gpus-per-node 4
@@ -29,16 +30,13 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.base import SpeechDataModule
-from experiments.runs import (
-    checkpoint_callbacks,
-    default_loggers,
-    monitored_metric,
-    resolve_run_dir,
-)
+from datamodules.locales import monitored_metric
+from experiments.runs import checkpoint_callbacks, default_loggers, resolve_run_dir
 
 TOOLS = {  # name -> module whose main(argv) runs it
     "transcribe": "experiments.transcribe",
     "adapt": "experiments.adapt",
+    "lm": "experiments.lm",
     "sweep": "experiments.sweep",
     "compare": "experiments.compare",
     "slurm": "experiments.slurm",

@@ -14,6 +14,11 @@ target domain first, sorted by best target WER, then source-only runs by best so
 Runs with a few-shot test (``speechxfer test`` on an ``EpisodicDataModule`` with ``test_shots``) also
 give the adaptation curve: ``adaptation_curve.png`` (query WER vs k shots, one line per run), a
 "Few-shot adaptation" table in the report and ``fewshot.csv``.
+
+Runs of ``speechxfer validate`` / ``test`` add their metric families as columns when present:
+``test`` (greedy) and one family per extra decoder (``test_beam``, ``val_beam``, ...; see
+``CTCModule(eval_decoders=...)``), e.g. "test target WER %" next to "test beam target WER %", so
+greedy and beam-search + LM results of the same checkpoints sit side by side.
 """
 
 from __future__ import annotations
@@ -34,27 +39,45 @@ COLUMNS = [
     ("run", "run"), ("method", "method"), ("backbone", "backbone"), ("source_data", "source data"),
     ("target_data", "target data"), ("minutes", "labelled target min"), ("params", "trainable params"),
     ("source_wer", "source WER %"), ("source_cer", "source CER %"),
-    ("target_wer", "target WER %"), ("target_cer", "target CER %"), ("wall_time", "wall time"),
+    ("target_wer", "target WER %"), ("target_cer", "target CER %"), ("headline", "headline"),
+    ("wall_time", "wall time"),
 ]
 FIGURES = ("wer_curves.png", "target_wer_vs_minutes.png", "adaptation_curve.png")
+PERCENT = ("source_wer", "source_cer", "target_wer", "target_cer")
+
+
+def family_columns(records: list[RunRecord]) -> list[tuple[str, str]]:
+    """(metric name, title) of every non-"val" family/domain/kind any record has: test, test_beam, ..."""
+    names = {k for r in records for k in r.best if not k.startswith("val/")}
+    families = sorted({k.split("/")[0] for k in names}, key=lambda f: (f.split("_")[0] != "test", f))
+    return [(f"{f}/{d}/{kind}", f"{f.replace('_', ' ')} {d} {kind.upper()} %") for f in families
+            for d in ("target", "source") for kind in ("wer", "cer") if f"{f}/{d}/{kind}" in names]
+
+
+def columns(records: list[RunRecord]) -> list[tuple[str, str]]:
+    return COLUMNS[:-1] + family_columns(records) + COLUMNS[-1:]
 
 
 def sort_key(record: RunRecord) -> tuple:
-    """Runs with a target WER first, by best target WER; then the others by best source WER."""
-    target, source = record.best_of("target"), record.best_of("source")
+    """Runs with a target headline metric first, by its best value; then the others by the source's.
+
+    The headline is WER, or CER for languages written without spaces (``summary.json``'s ``headline_metric``).
+    """
+    kind = record.headline_kind
+    target, source = record.best_of("target", kind), record.best_of("source", kind)
     wer = source if target is None else target
     return (target is None, math.inf if wer is None else wer, record.name)
 
 
 def raw_row(record: RunRecord) -> dict[str, object]:
-    """Unformatted values of one table row (``runs.csv``)."""
-    return {
+    """Unformatted values of one table row (``runs.csv``); other metric families under their names."""
+    return {**{k: v for k, v in record.best.items() if not k.startswith("val/")},
         "run": record.name, "method": record.method, "backbone": record.backbone,
         "source_data": record.source_data, "target_data": record.target_data,
         "minutes": record.labelled_target_minutes, "params": record.trainable_params,
         "source_wer": record.best_of("source", "wer"), "source_cer": record.best_of("source", "cer"),
         "target_wer": record.best_of("target", "wer"), "target_cer": record.best_of("target", "cer"),
-        "wall_time": record.wall_time_s,
+        "headline": record.headline_kind.upper(), "wall_time": record.wall_time_s,
     }
 
 
@@ -76,7 +99,7 @@ def format_row(record: RunRecord) -> dict[str, str]:
     """Display strings of one table row (WER/CER in percent, 2 decimals)."""
     raw = raw_row(record)
     out = {k: "" if v is None else str(v) for k, v in raw.items()}
-    for key in ("source_wer", "source_cer", "target_wer", "target_cer"):
+    for key in [*PERCENT, *(k for k in raw if "/" in k)]:
         out[key] = "" if raw[key] is None else f"{100 * float(raw[key]):.2f}"
     out["minutes"] = "" if raw["minutes"] is None else f"{float(raw['minutes']):.3g}"
     out["params"], out["wall_time"] = _params(raw["params"]), _duration(raw["wall_time"])
@@ -91,13 +114,19 @@ def fewshot_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]
     return ["run", "method"] + [f"k={k:g} WER %" for k in shots], rows
 
 
+def caption(records: list[RunRecord]) -> str:
+    extra = " Test / per-decoder columns: values logged by `speechxfer test` / `validate` runs." \
+        if family_columns(records) else ""
+    return f"{len(records)} runs. Best validation values over training.{extra}"
+
+
 def markdown_report(records: list[RunRecord], skipped: list[tuple[str, str]]) -> str:
-    rows = [format_row(r) for r in records]
-    lines = ["# speechxfer run comparison", "", f"{len(records)} runs. Best validation values over training.", ""]
-    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
-    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    rows, cols = [format_row(r) for r in records], columns(records)
+    lines = ["# speechxfer run comparison", "", caption(records), ""]
+    lines.append("| " + " | ".join(title for _, title in cols) + " |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
     for row in rows:
-        lines.append("| " + " | ".join(row[key].replace("|", "\\|") for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(row.get(key, "").replace("|", "\\|") for key, _ in cols) + " |")
     lines += ["", "![validation WER curves](wer_curves.png)", ""]
     lines += ["![target WER vs labelled minutes](target_wer_vs_minutes.png)"]
     header, rows = fewshot_table(records)
@@ -112,10 +141,10 @@ def markdown_report(records: list[RunRecord], skipped: list[tuple[str, str]]) ->
 
 
 def html_report(records: list[RunRecord], skipped: list[tuple[str, str]]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(title)}</th>" for _, title in COLUMNS)
+    esc, cols = html.escape, columns(records)
+    head = "".join(f"<th>{esc(title)}</th>" for _, title in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(row[key])}</td>" for key, _ in COLUMNS) + "</tr>"
+        "<tr>" + "".join(f"<td>{esc(row.get(key, ''))}</td>" for key, _ in cols) + "</tr>"
         for row in (format_row(r) for r in records)
     )
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in FIGURES[:2])
@@ -129,7 +158,7 @@ def html_report(records: list[RunRecord], skipped: list[tuple[str, str]]) -> str
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>speechxfer run comparison</title>"
         "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
-        f"<h1>speechxfer run comparison</h1><p>{len(records)} runs. Best validation values over training.</p>"
+        f"<h1>speechxfer run comparison</h1><p>{esc(caption(records))}</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figures}"
         + (f"<h2>Skipped ({len(skipped)})</h2><ul>{skips}</ul>" if skipped else "")
         + "</body></html>\n"
@@ -152,7 +181,8 @@ def write_report(records: list[RunRecord], out: Path, formats: Sequence[str] = (
                     writer.writerow([r.name, r.method, f"{k:g}", values.get("wer"), values.get("cer")])
         written.append(out / "fewshot.csv")
     with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=[key for key, _ in COLUMNS] + ["origin", "path", "status"])
+        writer = csv.DictWriter(f, fieldnames=[key for key, _ in columns(records)] + ["origin", "path", "status"],
+                                extrasaction="ignore")
         writer.writeheader()
         for r in records:
             writer.writerow({**raw_row(r), "origin": r.origin, "path": r.path, "status": r.status})

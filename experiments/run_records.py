@@ -27,8 +27,10 @@ from typing import Any
 import yaml
 
 from datamodules.episodic import FEWSHOT_METRIC
+
 log = logging.getLogger(__name__)
-VAL_METRIC = re.compile(r"^val/([^/]+)/(wer|cer)$")
+# val/<domain>/<wer|cer>, test/..., and the same per extra decoder: val_<decoder>/..., test_<decoder>/...
+VAL_METRIC = re.compile(r"^(val|test)(_[a-z0-9]+)?/([^/]+)/(wer|cer)$")
 METRICS_CSV = ("metrics.csv", "csv/metrics.csv")
 WANDB_OFFLINE_HINT = ("a W&B offline run folder (not read: its metrics are in the speechxfer run dir that holds it; "
                       "pass that run dir, or `wandb sync` it and use --wandb-project)")
@@ -38,7 +40,8 @@ WANDB_OFFLINE_HINT = ("a W&B offline run folder (not read: its metrics are in th
 class RunRecord:
     """What the comparison report needs to know about one run.
 
-    ``best`` maps ``val/<domain>/<wer|cer>`` to the best (lowest) value; ``curves`` maps the same
+    ``best`` maps ``val/<domain>/<wer|cer>`` (and ``test/...``, ``val_<decoder>/...``, ``test_<decoder>/...``
+    from validate/test runs with ``eval_decoders``) to the best (lowest) value; ``curves`` maps the same
     names to ``[(step, value), ...]`` in step order; ``fewshot`` maps k (support shots) to
     ``{"wer": ..., "cer": ...}`` of a few-shot test (``summary.json["test"]``).
     """
@@ -54,16 +57,24 @@ class RunRecord:
     trainable_params: int | None = None
     wall_time_s: float | None = None
     status: str | None = None
+    headline_metric: str | None = None  # "val/<domain>/<wer|cer>" from summary.json (CER: no-space languages)
     best: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     fewshot: dict[float, dict[str, float]] = field(default_factory=dict)
 
-    def best_of(self, domain: str, kind: str = "wer") -> float | None:
-        return self.best.get(f"val/{domain}/{kind}")
+    def best_of(self, domain: str, kind: str = "wer", family: str = "val") -> float | None:
+        """Best ``<family>/<domain>/<kind>``; family "val", "test", "test_beam", ..."""
+        return self.best.get(f"{family}/{domain}/{kind}")
+
+    @property
+    def headline_kind(self) -> str:
+        """"cer" when the run's headline metric is a CER (languages written without spaces), else "wer"."""
+        return "cer" if (self.headline_metric or "").endswith("/cer") else "wer"
 
     def primary_curve(self) -> tuple[str, list[tuple[int, float]]] | None:
         """The target WER curve if logged, else the source WER curve, else any WER curve."""
-        names = ["val/target/wer", "val/source/wer", *sorted(k for k in self.curves if k.endswith("/wer"))]
+        names = ["val/target/wer", "val/source/wer", *sorted(k for k in self.curves if k.startswith("val/") and
+                                                             k.endswith("/wer"))]
         return next(((n, self.curves[n]) for n in names if self.curves.get(n)), None)
 
 
@@ -150,6 +161,7 @@ def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.trainable_params = summary.get("trainable_params", record.trainable_params)
     record.wall_time_s = summary.get("wall_time_s", record.wall_time_s)
     record.status = summary.get("status", record.status)
+    record.headline_metric = summary.get("headline_metric", record.headline_metric)
     for name, best in (summary.get("best") or {}).items():
         record.best[name] = float(best["value"] if isinstance(best, dict) else best)
     for name, value in (summary.get("test") or {}).items():

@@ -19,8 +19,6 @@ from pathlib import Path
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
-from datamodules.base import SpeechDataModule
-
 log = logging.getLogger(__name__)
 RUN_DIR_ENV = "SPEECHXFER_RUN_DIR"
 
@@ -111,12 +109,3 @@ def checkpoint_callbacks(run_dir: Path, monitor: str | None, every_n_steps: int)
         auto_insert_metric_name=False,
     )
     return [best, last]
-
-
-def monitored_metric(datamodule: SpeechDataModule) -> str | None:
-    """``val/target/wer`` when the datamodule validates a target domain, else its first val domain's WER."""
-    domains = datamodule.val_domains
-    if not domains:
-        return None
-    name = "target" if "target" in domains else domains[0]
-    return f"val/{name}/wer"

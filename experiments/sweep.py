@@ -18,6 +18,9 @@ or run one ``speechxfer sweep SPEC --storage <shared RDB URL> --n-trials 1`` pro
 ${args}``; the agent passes each sampled value as ``--<dotted.key>=<value>``. Because the values are
 command-line arguments, they reach every DDP rank (Lightning's launcher re-executes ``sys.argv``). W&B
 ranks a run by the metric's value in the run summary (its last logged value).
+
+**decode-only** specs (a ``decode:`` section) tune beam-search weights of a trained checkpoint on
+cached validation log-probs, without retraining: :mod:`experiments.decode_sweep`.
 """
 
 from __future__ import annotations
@@ -268,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(args.spec)
         if args.study_name:
             spec.study_name = args.study_name
+        if spec.decode is not None:  # beam-search weights on cached log-probs: no training
+            from experiments.decode_sweep import run_decode_sweep
+
+            return run_decode_sweep(spec, args.backend, args.storage, args.runs_dir, args.n_trials or spec.n_trials)
         if not args.skip_key_check:
             check_keys(spec)
     except SweepSpecError as err:

@@ -17,6 +17,9 @@
       data.init_args.max_duration: {distribution: uniform, min: 20.0, max: 80.0}
       model.init_args.featurizer: {distribution: categorical, values: [last, weighted]}
 
+A spec with a ``decode:`` section (``DecodeSpec``) is a decode-only sweep over beam-search weights of a
+trained checkpoint (no training; ``experiments/decode_sweep.py`` documents it and checks its keys).
+
 The file's structure is the ``SpecFile`` dataclass (jsonargparse checks types, choices, required
 and unknown fields; ``_parameter`` adds what types cannot say: bounds and non-empty values).
 Keys are checked by parsing ``fit --config <config> <fixed_args> --<key>=<value>`` with the CLI
@@ -75,6 +78,15 @@ class ParameterSpec:
 
 
 @dataclass
+class DecodeSpec:
+    """``decode:`` of a decode-only sweep: the checkpoint and the fixed decoder settings (``DecoderConfig``
+    field names, checked by ``experiments/decode_sweep.py``)."""
+
+    ckpt: str
+    decoder: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class SpecFile:
     """The sweep YAML as written (see the module docstring); ``parameters`` are checked one by one."""
 
@@ -87,6 +99,7 @@ class SpecFile:
     fixed_args: list[str | int | float] = field(default_factory=list)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    decode: DecodeSpec | None = None
 
 
 def parse_as(schema: type, raw: dict[str, Any]) -> Any:
@@ -146,6 +159,7 @@ class SweepSpec:
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
     parameters: list[Parameter] = field(default_factory=list)
+    decode: dict[str, Any] | None = None  # decode-only sweep: {"ckpt": ..., "decoder": {...}}
 
 
 def _fail(path: Path, reason: str) -> SweepSpecError:
@@ -218,6 +232,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         pruner=vars(spec.pruner),
         sampler=vars(spec.sampler),
         parameters=parameters,
+        decode=None if spec.decode is None else vars(spec.decode),
     )
 
 

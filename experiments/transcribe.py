@@ -1,6 +1,8 @@
 """Transcribe audio files with a trained checkpoint — the checkpoint alone, no config, no network.
 
     speechxfer transcribe --ckpt runs/quickstart/<version>/checkpoints/last.ckpt clip.flac more/ other.mp3
+    speechxfer transcribe --ckpt CKPT --decoder beam --beam-size 50 --lexicon lm/lexicon.txt --lm lm/lm.arpa \
+        --lm-weight 1.0 --word-score 0 clip.flac          # beam search + LM (lexicon/LM: `speechxfer lm`)
 
 Prints one ``<path>\t<text>`` line per file, in the order given (folders are searched recursively
 for .flac/.wav/.mp3/.ogg). The audio takes the training path: ``ASRDataModule(predict=[files])``
@@ -28,6 +30,7 @@ import torch
 from datamodules import errors as E
 from datamodules.asr import ASRDataModule
 from datamodules.errors import BadInputError
+from lightning_modules.decoding import add_decoder_arguments, decoder_config_from_args
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
 
@@ -73,15 +76,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="audio seconds per batch")
+    add_decoder_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        decoding = decoder_config_from_args(args)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no "GPU available: ..." banner
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
-    from lightning_modules import load_model
+    from lightning_modules import build_decoder, load_model
 
     files = expand_inputs(args.inputs)
     datamodule = build_datamodule(files, args.max_seconds)
-    texts = predict(load_model(args.ckpt), datamodule, args.device)
+    model = load_model(args.ckpt)
+    model.predict_decoder = build_decoder(decoding, model.tokenizer)
+    texts = predict(model, datamodule, args.device)
     errors = {error.where: error for error in datamodule.predict_errors}
     for path in map(str, files):
         if path in texts:

@@ -6,11 +6,13 @@
     DANNCTC            domain-adversarial training with gradient reversal (dann.py)
     MetaCTC            meta-learned initialisation for few-shot adaptation: FOMAML / Reptile (meta.py)
     load_model(path)   rebuild any of them from a checkpoint alone (checkpoint.py)
+    GreedyDecoder / BeamSearchDecoder / build_decoder(DecoderConfig(...), tokenizer)   CTC decoding (decoding.py)
 """
 
 from lightning_modules.checkpoint import load_model
-from lightning_modules.ctc import CTCModule, greedy_decode
+from lightning_modules.ctc import CTCModule
 from lightning_modules.dann import DANNCTC
+from lightning_modules.decoding import BeamSearchDecoder, DecoderConfig, GreedyDecoder, build_decoder, greedy_decode
 from lightning_modules.featurizer import LastLayer, WeightedLayerSum
 from lightning_modules.finetune import FineTuneCTC
 from lightning_modules.frozen import FrozenFeatureCTC
@@ -20,7 +22,8 @@ from lightning_modules.meta import MetaCTC
 from lightning_modules.optim import TransferLRScheduler
 
 __all__ = [
-    "BiLSTMHead", "CTCModule", "DANNCTC", "DomainClassifier", "FineTuneCTC", "FrozenFeatureCTC",
-    "GradientReversal", "LastLayer", "LinearHead", "MetaCTC", "TransferLRScheduler", "WeightedLayerSum",
-    "ganin_lambda", "grad_reverse", "greedy_decode", "load_model",
+    "BeamSearchDecoder", "BiLSTMHead", "CTCModule", "DANNCTC", "DecoderConfig", "DomainClassifier", "FineTuneCTC",
+    "FrozenFeatureCTC", "GradientReversal", "GreedyDecoder", "LastLayer", "LinearHead", "MetaCTC",
+    "TransferLRScheduler", "WeightedLayerSum", "build_decoder", "ganin_lambda", "grad_reverse", "greedy_decode",
+    "load_model",
 ]

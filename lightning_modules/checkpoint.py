@@ -1,4 +1,4 @@
-"""``load_model``: rebuild any speechxfer module from its checkpoint alone (offline)."""
+"""``load_model``: rebuild any speechxfer module from its checkpoint alone (offline); ``load_tokenizer``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.cli import instantiate_class
 
+from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import build_backbone
 from lightning_modules.ctc import CTCModule
 
@@ -34,3 +35,13 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     model.on_load_checkpoint(checkpoint)
     return model.to(torch.device(map_location)).eval()
+
+
+def load_tokenizer(ckpt_path: str | Path):
+    """The tokenizer a speechxfer checkpoint carries (its ``tokenizer`` hyper-parameter); the weights are
+    memory-mapped, not read."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    tokenizer = checkpoint.get("hyper_parameters", {}).get("tokenizer")
+    if "speechxfer" not in checkpoint or tokenizer is None:
+        raise ValueError(f"{ckpt_path}: no tokenizer in this checkpoint (not saved by speechxfer fit?)")
+    return tokenizer_from_dict(tokenizer)

@@ -1,4 +1,4 @@
-"""The one CTC core: backbone → featurizer → head → CTC loss, greedy decoding, WER/CER.
+"""The one CTC core: backbone → featurizer → head → CTC loss, decoding, WER/CER.
 
 Transfer methods (``finetune.py``, ``frozen.py``, ``dann.py``) are short subclasses that override
 ``hidden_states`` (how layers are obtained), ``backbone_layer_groups`` / ``top_layer_groups``
@@ -10,8 +10,15 @@ transcript -- validation/test WER, ``predict_step``, ``transcribe`` -- comes fro
 
 CTC loss convention: per utterance ``loss / max(target_length, 1)``, averaged over the
 utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
-``zero_infinity=True``; utterances whose alignment is impossible (too few frames) contribute 0
-and are counted in ``train/ctc_infeasible``.
+``zero_infinity=True``; utterances whose alignment is impossible (too few frames, the rule of
+``datamodules.ctc_check``, which the data layer also applies) contribute 0 and are counted in
+``train/ctc_infeasible``.
+
+Decoding (``lightning_modules/decoding.py``): greedy everywhere by default (training-time validation
+included). ``eval_decoders`` adds decoders for ``trainer.validate`` / ``trainer.test`` only: each name
+logs ``<stage>_<name>/<domain>/{wer,cer}`` (e.g. ``test_beam/target/wer``) from the same log-probs as
+the greedy ``<stage>/<domain>/*`` metrics. It is an evaluation choice, not part of the model: it is
+left out of the checkpoint's hyper-parameters, so checkpoints load with or without it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
@@ -29,23 +37,15 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from datamodules.augment import SpecAugment
 from datamodules.base import Tokenizer, eval_domain_name, speech_datamodule
-from datamodules.batch import lengths_to_mask
+from datamodules.ctc_check import ctc_infeasible
 from datamodules.text import tokenizer_from_dict
 from lightning_modules.adaptation import AdaptationRecipe, adapted_outputs, is_episode
 from lightning_modules.backbones.base import Backbone
+from lightning_modules.decoding import Decoder, DecoderConfig, build_decoder, greedy_decode  # noqa: F401 (re-export)
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
 from lightning_modules.heads import build_head
-from lightning_modules.optim import TransferLRScheduler, base_learning_rates, build_param_groups, total_optimizer_steps
-
-
-def greedy_decode(log_probs: Tensor, lengths: Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path per utterance: argmax over (B, T, V), keep valid frames, collapse repeats, drop blanks."""
-    best = log_probs.argmax(-1).cpu()
-    out = []
-    for row, n in zip(best, lengths.cpu().tolist()):
-        ids = torch.unique_consecutive(row[:n])
-        out.append(ids[ids != blank].tolist())
-    return out
+from lightning_modules.optim import (TRI_STAGE, TransferLRScheduler, base_learning_rates, build_param_groups,
+                                     check_tri_stage, total_optimizer_steps)
 
 
 def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
@@ -53,13 +53,6 @@ def ctc_losses(log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengt
     losses = F.ctc_loss(log_probs.transpose(0, 1).float(), targets, lengths, target_lengths,
                         blank=0, reduction="none", zero_infinity=True)
     return losses / target_lengths.clamp(min=1).to(losses.dtype)
-
-
-def ctc_infeasible(lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
-    """(B,) bool: fewer frames than tokens + repeated neighbours (CTC needs a blank between repeats)."""
-    valid = lengths_to_mask(target_lengths, targets.shape[1])[:, 1:]
-    repeats = ((targets[:, 1:] == targets[:, :-1]) & valid).sum(1)
-    return lengths < target_lengths + repeats
 
 
 class CTCModule(pl.LightningModule):
@@ -71,29 +64,45 @@ class CTCModule(pl.LightningModule):
     "weighted" over ``layers`` (backbone hidden-state indices, negatives allowed; default last /
     all); ``lr`` for head and featurizer, ``backbone_lr`` (default ``lr``) for the top backbone
     group, multiplied by ``layer_decay`` per group below; ``decay`` "linear" | "cosine" |
-    "constant" down to ``min_lr_ratio`` after ``warmup_steps``; ``spec_augment`` kwargs of
-    ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in training only.
+    "constant" down to ``min_lr_ratio`` after ``warmup_steps``, or "tri_stage" (warm-up / hold /
+    exponential decay to ``min_lr_ratio`` over ``tri_stage_phases`` of the run, see ``optim.py``);
+    ``spec_augment`` kwargs of ``datamodules.augment.SpecAugment`` applied to (B, T, F) features in
+    training only -- not together with a backbone that masks its own CNN features before the transformer
+    (``backbone.feature_masking()``, the wav2vec 2.0 recipe), unless the backbone never trains
+    (``frozen_backbone``); ``eval_decoders`` name -> ``DecoderConfig`` of extra decoders for
+    validate/test (module docstring).
     """
+
+    frozen_backbone = False  # True: the backbone stays in eval (no dropout, LayerDrop or masking)
 
     def __init__(self, backbone: Backbone, tokenizer: dict,
                  head: Literal["linear", "bilstm"] = "linear", head_hidden: int = 256,
                  featurizer: Literal["last", "weighted"] = "last", layers: list[int] | None = None,
                  normalize_layers: bool = False, dropout: float = 0.1, lr: float = 1e-3,
                  backbone_lr: float | None = None, layer_decay: float | None = None, weight_decay: float = 0.01,
-                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant"] = "linear",
-                 min_lr_ratio: float = 0.0,
-                 spec_augment: dict | None = None) -> None:
+                 warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant", "tri_stage"] = "linear",
+                 min_lr_ratio: float = 0.0, tri_stage_phases: tuple[float, float, float] = TRI_STAGE,
+                 spec_augment: dict | None = None, eval_decoders: dict[str, DecoderConfig] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "eval_decoders"])
+        if decay == "tri_stage":
+            check_tri_stage(tri_stage_phases, min_lr_ratio)  # fail at construction, not at fit
         self.tokenizer: Tokenizer = tokenizer_from_dict(tokenizer)
         self.backbone = backbone
         self.layers = resolve_layers(layers, backbone.num_layers, featurizer)
         self.featurizer = build_featurizer(featurizer, len(self.layers), normalize_layers)
         self.head = build_head(head, backbone.output_dim, self.tokenizer.vocab_size, head_hidden, dropout)
+        if spec_augment and not self.frozen_backbone and backbone.feature_masking() is not None:
+            raise ValueError(f"spec_augment would mask the features a second time: the backbone already masks its CNN "
+                             f"features before the transformer ({backbone.feature_masking()}); drop spec_augment "
+                             "or set the backbone's mask to null")
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
         self.ctc_infeasible_count = SumMetric()  # training utterances per epoch whose CTC alignment is impossible
         self._weights_restored = False
+        self.eval_decoders = check_decoder_names(eval_decoders or {})
+        self._decoders: dict[str, Decoder] = {}  # built on first use (they need the tokenizer)
+        self.predict_decoder: Decoder | None = None  # predict_step's (``speechxfer transcribe --decoder``); None: greedy
 
     # ---------------------------------------------------------------- model
     def hidden_states(self, audio: Tensor, lengths: Tensor, keys: list[str] | None = None
@@ -130,20 +139,28 @@ class CTCModule(pl.LightningModule):
             self.ctc_infeasible_count.update(ctc_infeasible(lengths, batch["targets"], batch["target_lengths"]).sum())
         return ctc_losses(log_probs, lengths, batch["targets"], batch["target_lengths"]).mean()
 
-    def decode(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
-        """Transcripts of (B, T', V) log-probs with (B,) valid frames: THE decoding call (greedy CTC)."""
-        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+    def decoder(self, name: str = "greedy") -> Decoder:
+        """The greedy decoder, or the ``eval_decoders`` entry ``name``, built on first use."""
+        if name not in self._decoders:
+            config = DecoderConfig(kind="greedy") if name == "greedy" else self.eval_decoders[name]
+            self._decoders[name] = build_decoder(config, self.tokenizer)
+        return self._decoders[name]
+
+    def decode(self, log_probs: Tensor, lengths: Tensor, decoder: Decoder | None = None) -> list[str]:
+        """Transcripts of (B, T', V) log-probs with (B,) valid frames: THE decoding call (greedy CTC unless a
+        ``decoder`` from ``lightning_modules.decoding`` is given)."""
+        return (decoder or self.decoder())(log_probs, lengths)
 
     @torch.no_grad()
-    def transcribe(self, audio: Tensor, lengths: Tensor) -> list[str]:
-        """(B, T) 16 kHz audio, (B,) lengths -> one greedy transcript per utterance (eval mode)."""
+    def transcribe(self, audio: Tensor, lengths: Tensor, decoder: Decoder | None = None) -> list[str]:
+        """(B, T) 16 kHz audio, (B,) lengths -> one transcript per utterance (eval mode; greedy by default)."""
         was_training = self.training
         self.eval()
         try:
             log_probs, out_lengths = self(audio.to(self.device), lengths.to(self.device))
         finally:
             self.train(was_training)
-        return self.decode(log_probs, out_lengths)
+        return self.decode(log_probs, out_lengths, decoder)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -177,22 +194,29 @@ class CTCModule(pl.LightningModule):
         return self._eval_step("test", batch, dataloader_idx)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[str]]:
-        """``{"ids": batch["ids"], "transcripts": [...]}`` of a (possibly unlabelled) batch."""
+        """``{"ids": batch["ids"], "transcripts": [...]}`` of a (possibly unlabelled) batch, decoded by
+        ``predict_decoder`` (greedy when None)."""
         log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
-        return {"ids": list(batch["ids"]), "transcripts": self.decode(log_probs, lengths)}
+        return {"ids": list(batch["ids"]), "transcripts": self.decode(log_probs, lengths, self.predict_decoder)}
 
-    def _metric_set(self, stage: str, idx: int) -> tuple[str, MetricCollection]:
+    def _metric_set(self, stage: str, idx: int, with_loss: bool = True) -> tuple[str, MetricCollection]:
         key = f"{stage}_{idx}"
         if key not in self.metrics:
-            metrics = MetricCollection({"wer": WordErrorRate(), "cer": CharErrorRate(), "loss": MeanMetric()})
-            self.metrics[key] = metrics.to(self.device)
+            metrics = {"wer": WordErrorRate(), "cer": CharErrorRate()} | ({"loss": MeanMetric()} if with_loss else {})
+            self.metrics[key] = MetricCollection(metrics).to(self.device)
         return key, self.metrics[key]
 
+    def _active_eval_decoders(self) -> list[str]:
+        """Names of the ``eval_decoders`` used now: in ``validate`` / ``test``, never while fitting."""
+        fn = self._trainer.state.fn if self._trainer is not None else None
+        return list(self.eval_decoders) if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) else []
+
     def _eval_step(self, stage: str, batch: dict, idx: int) -> dict[str, list[str]]:
-        """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP).
+        """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP), and
+        with ``eval_decoders`` (validate/test) each extra decoder's WER/CER.
 
         An episode batch (``datamodules.episodic``) is scored on its query after adapting on its
-        support (``lightning_modules.adaptation``). Returns ``{"ids", "transcripts"}`` (as
+        support (``lightning_modules.adaptation``). Returns ``{"ids", "transcripts"}`` (greedy, as
         ``predict_step``; callbacks get it as ``outputs``).
         """
         domain, (key, metrics) = eval_domain_name(self._trainer, stage, idx), self._metric_set(stage, idx)
@@ -214,12 +238,26 @@ class CTCModule(pl.LightningModule):
         for name, metric in logged.items():
             self.log(f"{stage}/{domain}/{name}", metric, on_step=False, on_epoch=True, batch_size=size,
                      add_dataloader_idx=False, metric_attribute=f"metrics.{key}.{name}")
+        if "texts" in batch:
+            for decoder in self._active_eval_decoders():
+                self._eval_decoder(f"{stage}_{decoder}", decoder, log_probs, lengths, batch, idx, domain)
         return {"ids": list(batch["ids"]), "transcripts": hyps}
 
     def adaptation_recipe(self) -> AdaptationRecipe:
         """How this module adapts to a task's support set (few-shot evaluation, ``speechxfer adapt``):
         nothing of its own here (the evaluation protocol sets it); ``MetaCTC`` returns its inner loop."""
         return AdaptationRecipe()
+
+    def _eval_decoder(self, prefix: str, decoder: str, log_probs: Tensor, lengths: Tensor, batch: dict, idx: int,
+                      domain: str) -> None:
+        """WER/CER of the ``eval_decoders`` entry ``decoder``, logged as ``<prefix>/<domain>/{wer,cer}``."""
+        key, metrics = self._metric_set(prefix, idx, with_loss=False)
+        hyps = self.decode(log_probs, lengths, self.decoder(decoder))
+        for name in ("wer", "cer"):
+            metrics[name].update(hyps, batch["texts"])
+            self.log(f"{prefix}/{domain}/{name}", metrics[name], on_step=False, on_epoch=True,
+                     batch_size=len(batch["lengths"]), add_dataloader_idx=False,
+                     metric_attribute=f"metrics.{key}.{name}")
 
     # ---------------------------------------------------------------- optimisation
     def backbone_layer_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -247,7 +285,7 @@ class CTCModule(pl.LightningModule):
         if hp.decay != "constant" and not math.isfinite(total):
             rank_zero_warn(f"the number of training steps is unknown (set trainer.max_steps or max_epochs): "
                            f"decay={hp.decay!r} is not applied, the lr stays at its peak after warm-up")
-        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio)
+        scheduler = TransferLRScheduler(optimizer, total, hp.decay, hp.min_lr_ratio, phases=hp.tri_stage_phases)
         # "name": LearningRateMonitor logs each param group as lr/<group name>
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
@@ -273,9 +311,13 @@ class CTCModule(pl.LightningModule):
             raise ValueError(f"{type(datamodule).__name__}'s tokenizer ({datamodule.vocab_size} symbols) is not "
                              f"the one this {type(self).__name__} was built with ({self.tokenizer.vocab_size} "
                              "symbols): targets would be encoded with one vocabulary and decoded with another")
-        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
-        if stage == "fit" and not self._weights_restored and not resuming:
+        if self.fresh_fit(stage):
             self.backbone.load_pretrained()
+
+    def fresh_fit(self, stage: str) -> bool:
+        """True when ``stage`` is a fit whose weights do not come from a checkpoint (see ``setup``)."""
+        resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
+        return stage == "fit" and not self._weights_restored and not resuming
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """``checkpoint["speechxfer"]``: what ``load_model`` needs besides the hyper-parameters (tokenizer included)."""
@@ -285,3 +327,11 @@ class CTCModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._weights_restored = True
+
+
+def check_decoder_names(decoders: dict[str, DecoderConfig]) -> dict[str, DecoderConfig]:
+    """``eval_decoders`` names become metric prefixes (``test_<name>/``): lower-case letters and digits."""
+    bad = [n for n in decoders if not (n.isascii() and n.isalnum() and n.islower()) or n == "greedy"]
+    if bad:
+        raise ValueError(f"eval_decoders names must be lower-case letters/digits and not 'greedy', got {bad}")
+    return dict(decoders)

@@ -31,6 +31,8 @@ from lightning_modules.feature_cache import FeatureCache, pad_features
 class FrozenFeatureCTC(CTCModule):
     """``CTCModule`` on a frozen backbone; other args as ``CTCModule`` (default featurizer "weighted")."""
 
+    frozen_backbone = True
+
     def __init__(self, backbone: Backbone, tokenizer: dict, featurizer: Literal["last", "weighted"] = "weighted",
                  feature_cache_dir: str | None = None,
                  feature_cache_dtype: Literal["float16", "float32"] = "float16", **kwargs) -> None:

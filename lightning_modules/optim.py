@@ -12,7 +12,11 @@ and the scheduler computes, at global step ``s`` (= ``last_epoch``, stepped ever
     lr = base_lr · warmup(s − active_since_step) · decay(s / total_steps)      (0 while frozen)
 
 with ``warmup(k) = min(1, (k + 1) / warmup_steps)`` and ``decay`` linear / cosine / constant from
-1 down to ``min_lr_ratio``. Because the schedule is a pure function of those keys and
+1 down to ``min_lr_ratio``, or ``tri_stage`` (the wav2vec 2.0 fine-tuning schedule, fairseq
+``lr_scheduler: tri_stage`` with ``phase_ratio: [0.1, 0.4, 0.5]``): over the first ``phases[0]``
+of the run a linear warm-up ``(s + 1) / (phases[0] · total)``, then ``phases[1]`` at the peak, then
+an exponential decay ``min_lr_ratio ** (k / (phases[2] · total))`` to ``min_lr_ratio`` (fairseq's
+``final_lr_scale``, 0.05 in its configs). Because the schedule is a pure function of those keys and
 ``last_epoch``, the optimizer + scheduler state dicts restore it exactly on resume, and an
 unfreezing callback only has to set ``requires_grad`` and ``active_since_step`` (then call
 ``scheduler.refresh()`` to apply the new lrs within the current step). ``total_steps`` is part of
@@ -32,7 +36,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from datamodules.base import speech_datamodule
 
-DECAYS = ("linear", "cosine", "constant")
+DECAYS = ("linear", "cosine", "constant", "tri_stage")
+TRI_STAGE = (0.1, 0.4, 0.5)  # warm-up / hold / decay fractions of the run (fairseq phase_ratio)
 
 
 def base_learning_rates(num_groups: int, num_backbone: int, lr: float, backbone_lr: float | None = None,
@@ -91,39 +96,66 @@ def warmup_factor(steps_active: int, warmup_steps: int) -> float:
     return min(1.0, (steps_active + 1) / warmup_steps)
 
 
-def decay_factor(step: int, total_steps: float, decay: str = "linear", min_lr_ratio: float = 0.0) -> float:
+def check_tri_stage(phases: Sequence[float], min_lr_ratio: float) -> tuple[float, float, float]:
+    """Validated (warm-up, hold, decay) fractions; the exponential decay needs ``min_lr_ratio > 0``."""
+    phases = tuple(float(p) for p in phases)
+    if len(phases) != 3 or any(p < 0 for p in phases) or abs(sum(phases) - 1.0) > 1e-6:
+        raise ValueError(f"tri_stage phases must be 3 fractions >= 0 summing to 1, got {phases}")
+    if not 0.0 < min_lr_ratio <= 1.0:
+        raise ValueError(f"decay='tri_stage' decays exponentially to min_lr_ratio, which must be in (0, 1] "
+                         f"(fairseq's final_lr_scale: 0.05), got {min_lr_ratio}")
+    return phases
+
+
+def tri_stage_factor(step: int, total_steps: float, phases: Sequence[float] = TRI_STAGE,
+                     min_lr_ratio: float = 0.05) -> float:
+    """Warm-up / hold / exponential decay multiplier at ``step`` of ``total_steps`` (module docstring)."""
+    warm, hold = phases[0] * total_steps, phases[1] * total_steps
+    if step < warm:
+        return min(1.0, (step + 1) / warm)
+    if step < warm + hold or phases[2] <= 0:
+        return 1.0
+    return min_lr_ratio ** min((step - warm - hold) / (phases[2] * total_steps), 1.0)
+
+
+def decay_factor(step: int, total_steps: float, decay: str = "linear", min_lr_ratio: float = 0.0,
+                 phases: Sequence[float] = TRI_STAGE) -> float:
     """Multiplier in [min_lr_ratio, 1] at ``step`` of ``total_steps`` (constant if total is not finite)."""
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
     if decay == "constant" or not math.isfinite(total_steps) or total_steps <= 0:
         return 1.0
+    if decay == "tri_stage":
+        return tri_stage_factor(step, total_steps, phases, min_lr_ratio)
     p = min(max(step / total_steps, 0.0), 1.0)
     shape = 1.0 - p if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
 def group_lr(group: dict, step: int, total_steps: float, decay: str = "linear",
-             min_lr_ratio: float = 0.0) -> float:
+             min_lr_ratio: float = 0.0, phases: Sequence[float] = TRI_STAGE) -> float:
     """The lr a param group should have at global ``step`` (0 while ``active_since_step`` is None)."""
     since = group.get("active_since_step")
     if since is None:
         return 0.0
     return (group["base_lr"] * warmup_factor(step - since, group.get("warmup_steps", 0))
-            * decay_factor(step, total_steps, decay, min_lr_ratio))
+            * decay_factor(step, total_steps, decay, min_lr_ratio, phases))
 
 
 class TransferLRScheduler(LRScheduler):
     """Per-group warm-up × global decay, computed from the param-group keys (see module doc).
 
-    Use with ``interval="step"``: ``last_epoch`` then equals the trainer's global step.
+    Use with ``interval="step"``: ``last_epoch`` then equals the trainer's global step. ``phases``:
+    the tri-stage fractions (used by ``decay="tri_stage"`` only; part of the state dict).
     """
 
     def __init__(self, optimizer: Optimizer, total_steps: float, decay: str = "linear",
-                 min_lr_ratio: float = 0.0, last_epoch: int = -1) -> None:
+                 min_lr_ratio: float = 0.0, last_epoch: int = -1, phases: Sequence[float] = TRI_STAGE) -> None:
         if decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        self.phases = check_tri_stage(phases, min_lr_ratio) if decay == "tri_stage" else tuple(phases)
         for g in optimizer.param_groups:
             missing = {"base_lr", "active_since_step"} - set(g)
             if missing:
@@ -134,7 +166,7 @@ class TransferLRScheduler(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, group: dict, step: int) -> float:
-        return group_lr(group, step, self.total_steps, self.decay, self.min_lr_ratio)
+        return group_lr(group, step, self.total_steps, self.decay, self.min_lr_ratio, self.phases)
 
     def get_lr(self) -> list[float]:
         return [self.lr_at(g, self.last_epoch) for g in self.optimizer.param_groups]

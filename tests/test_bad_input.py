@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from corpus_factory import CV_COLUMNS, make_commonvoice, make_librispeech, tone_speech, write_tsv
+from tests.corpus_factory import CV_COLUMNS, make_commonvoice, make_librispeech, tone_speech, write_tsv
 
 from datamodules import errors as E
 from datamodules.corpora import CommonVoiceCorpus, LibriSpeechCorpus

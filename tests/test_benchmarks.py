@@ -90,3 +90,4 @@ def test_transfer_study_quick_writes_report(tmp_path):
         assert label in report
     assert (out / "compare" / "report.md").is_file()
     assert "## Expected orderings" in report
+    assert "target WER % beam+LM" in report and (out / "compare_test" / "report.md").is_file()  # greedy and beam+LM

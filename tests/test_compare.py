@@ -268,3 +268,23 @@ def test_run_summary_state_survives_resume():
     restored.load_state_dict(callback.state_dict())
     assert restored.best == callback.best and restored.max_trainable_params == 10
     assert restored.wall_time_s() == pytest.approx(30.0)
+
+
+def test_test_runs_with_extra_decoders_get_side_by_side_columns(tmp_path):
+    """``speechxfer test`` runs with ``eval_decoders``: test (greedy) and test_beam columns, percent, in order."""
+    data = corpus("asr.ASRDataModule", domain="target", train=cv_train(1), test={"target": CV_DEV})
+    write_run(tmp_path / "runs" / "study" / "c", "finetune.FineTuneCTC", data,
+              {"test/target/wer": [0.25], "test/target/cer": [0.1], "test_beam/target/wer": [0.125]}, None)
+    write_run(tmp_path / "runs" / "study" / "a", "CTCModule", data, {"test/target/wer": [0.5]}, None)
+    records, skipped = discover([tmp_path / "runs"])
+    by_name = {r.name: r for r in records}
+    assert not skipped and by_name["study/c"].best_of("target", "wer", "test_beam") == 0.125
+    written = compare.write_report(records, tmp_path / "report", ["md"])
+    table = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[-4:] == ["test target WER %", "test target CER %", "test beam target WER %", "wall time"]
+    row_c = next(r for r in table if "study/c" in r)
+    assert "| 25.00 | 10.00 | 12.50 |" in row_c
+    rows = list(csv.DictReader(open(tmp_path / "report" / "runs.csv")))
+    assert {r["run"]: r["test_beam/target/wer"] for r in rows} == {"study/c": "0.125", "study/a": ""}
+    assert tmp_path / "report" / "report.md" in written

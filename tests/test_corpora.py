@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from corpus_factory import make_commonvoice, make_librispeech
+from tests.corpus_factory import make_commonvoice, make_librispeech
 from lhotse import CutSet
 
 from datamodules.corpora import CommonVoiceCorpus, Corpus, LibriSpeechCorpus, subset_by_minutes

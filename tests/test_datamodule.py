@@ -16,7 +16,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from datamodules import ASRDataModule, BadInputError, CharTokenizer, CommonVoiceCorpus, LibriSpeechCorpus
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import check_batch
-from datamodules.dataset import SpeechDataset, ctc_min_frames
+from datamodules.dataset import SpeechDataset
+from lightning_modules.backbones import ScratchEncoder
 from tests.corpus_factory import make_commonvoice, make_librispeech, tone_speech
 
 SPLITS = {"train-clean-100": 16, "dev-clean": 4}
@@ -156,23 +157,33 @@ def test_oov_character_skip_is_counted(corpus):
     assert dm.train_cuts().is_lazy and len(dm.train_cuts()) == SPLITS["train-clean-100"]
 
 
+def encoder_25fps():
+    """Exact frame counts of a 25 frames/s encoder (the data layer's CTC length check uses them)."""
+    return ScratchEncoder(n_mels=40, conv_channels=8, hidden=16, num_layers=1, subsampling=4).output_lengths
+
+
 def test_clip_too_short_for_its_ctc_label(corpus):
-    assert ctc_min_frames([3, 3, 4, 4, 4]) == 8
     uid = first_uid(corpus, "train-clean-100")
     rewrite_transcript(corpus, "train-clean-100", uid, "A " * 60 + "A")  # 121 chars on a < 1 s clip
+    strict = make_dm(corpus)
+    strict.output_lengths = encoder_25fps()
     with pytest.raises(BadInputError, match=rf"{uid}.*too_short_for_ctc.*needs 121"):
-        make_dm(corpus).setup("fit")
+        strict.setup("fit")
     dm = make_dm(corpus, on_bad_input="skip")
-    assert uid not in {c.id for c in dm.train_cuts()}
+    assert uid in {c.id for c in dm.train_cuts()}  # no model attached yet: only the label checks ran
+    dm.output_lengths = encoder_25fps()
+    assert uid not in {c.id for c in dm.train_cuts()}  # re-checked with the encoder's frame counts
     assert dm.skipped["train"] == {"too_short_for_ctc": 1}
 
 
 def test_speed_perturbation_tightens_the_ctc_length_check(corpus):
-    dm = make_dm(corpus, on_bad_input="skip", frames_per_second=20)
+    dm = make_dm(corpus, on_bad_input="skip")
+    dm.output_lengths = encoder_25fps()
     plain = len(dm.train_cuts())
     assert plain == SPLITS["train-clean-100"]
-    fast = make_dm(corpus, on_bad_input="skip", frames_per_second=20, augment=WaveformAugmentation(speed_factors=[2.0]))
-    assert len(fast.train_cuts()) < plain
+    fast = make_dm(corpus, on_bad_input="skip", augment=WaveformAugmentation(speed_factors=[1.7]))
+    fast.output_lengths = encoder_25fps()
+    assert 0 < len(fast.train_cuts()) < plain
 
 
 def test_audio_decode_failure_names_the_file(corpus):

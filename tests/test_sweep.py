@@ -80,8 +80,8 @@ TOY_CONFIG = {
     "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "val_check_interval": 2, "limit_train_batches": 6,
                 "limit_val_batches": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
                 "enable_model_summary": False, "log_every_n_steps": 1},
-    "model": {"class_path": "test_sweep.ToyModel", "init_args": {"lr": 0.01}},
-    "data": {"class_path": "test_sweep.ToyData"},
+    "model": {"class_path": "tests.test_sweep.ToyModel", "init_args": {"lr": 0.01}},
+    "data": {"class_path": "tests.test_sweep.ToyData"},
 }
 
 

@@ -17,13 +17,16 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from pytorch_lightning.cli import instantiate_class
 from torch import Tensor, nn
 
 from datamodules.batch import SAMPLE_RATE, lengths_to_mask
+
+if TYPE_CHECKING:
+    from .masking import MaskConfig
 
 
 class BackboneOutput(NamedTuple):
@@ -65,6 +68,10 @@ class Backbone(nn.Module, ABC):
 
     def load_pretrained(self) -> None:
         """Read / download pretrained weights into this module; no-op for from-scratch models."""
+
+    def feature_masking(self) -> MaskConfig | None:
+        """The span masking this backbone applies to its features in training mode (None: none)."""
+        return None
 
     def config(self) -> dict[str, Any]:
         """``{"class_path", "init_args"}`` rebuilding this architecture offline (no weights)."""

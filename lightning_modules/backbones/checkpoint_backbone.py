@@ -77,6 +77,9 @@ class CheckpointBackbone(Backbone):
     def layer_groups(self) -> list[tuple[str, nn.Module]]:
         return self.inner.layer_groups()
 
+    def feature_masking(self):
+        return self.inner.feature_masking()
+
     def load_pretrained(self) -> None:
         state = read_checkpoint(self.path).get("state_dict", {})
         weights = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}

@@ -12,6 +12,13 @@ Hidden states follow HF's ``output_hidden_states``: ``num_hidden_layers + 1`` te
 input, then every layer; stable-layer-norm models' last state includes the final layer norm).
 The attention mask is always passed (padding does not leak through attention); HF training-time
 SpecAugment / LayerDrop follow the HF config (``config_overrides={"mask_time_prob": 0.0, ...}``).
+``mask="100h"`` (a preset of ``masking.py``, or a dict of ``MaskConfig`` fields) writes the
+recipe's masking into that config in HF's convention (``mask_time_prob = p × mask_time_length``):
+HF's default ``mask_time_prob=0.05`` is ~13× less masking than the wav2vec 2.0 recipe. HF's own
+LayerDrop (``layerdrop``) draws per rank: under DDP with ``layerdrop > 0`` use
+``strategy: ddp_find_unused_parameters_true`` (the torchaudio backbone's LayerDrop needs no such thing).
+The mask embedding (``masked_spec_embed``) exists only when HF masking is on; ``load_pretrained``
+keeps a fresh one when the pretrained model has none and ignores the pretrained one when masking is off.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from torch import Tensor, nn
 from datamodules.batch import lengths_to_mask
 
 from .base import Backbone, BackboneOutput, load_state_dict_checked, masked_normalize, module_group, zero_padding
+from .masking import MaskConfig, resolve_mask
+
+
+MASK_EMBEDDING = "masked_spec_embed"
 
 
 def require_transformers():
@@ -49,6 +60,8 @@ class HFBackbone(Backbone):
         normalize_waveform: per-utterance zero-mean unit-variance input (the feature extractors'
             ``do_normalize``; True for most wav2vec2 / WavLM checkpoints).
         revision: hub revision (branch, tag or commit) for config and weights.
+        mask: masking preset / settings written into the HF config (see module docstring); None keeps
+            the config's own ``mask_*`` values.
     """
 
     def __init__(
@@ -58,6 +71,7 @@ class HFBackbone(Backbone):
         config_overrides: dict[str, Any] | None = None,
         normalize_waveform: bool = True,
         revision: str | None = None,
+        mask: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         transformers = require_transformers()
@@ -65,7 +79,9 @@ class HFBackbone(Backbone):
             cfg = transformers.AutoConfig.from_pretrained(name_or_path, revision=revision)
         else:
             cfg = transformers.CONFIG_MAPPING[hf_config["model_type"]].from_dict(dict(hf_config))
-        for key, value in (config_overrides or {}).items():
+        mask_config = resolve_mask(mask)
+        overrides = {**(mask_config.to_hf() if mask_config is not None else {}), **(config_overrides or {})}
+        for key, value in overrides.items():
             if not hasattr(cfg, key):
                 raise ValueError(f"config_overrides: {type(cfg).__name__} has no attribute {key!r}")
             setattr(cfg, key, value)
@@ -78,6 +94,7 @@ class HFBackbone(Backbone):
             "config_overrides": None,  # already merged into hf_config
             "normalize_waveform": normalize_waveform,
             "revision": revision,
+            "mask": None,  # already merged into hf_config
         }
         self.output_dim = int(cfg.hidden_size)
         self.num_layers = int(cfg.num_hidden_layers) + 1
@@ -89,6 +106,15 @@ class HFBackbone(Backbone):
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         return self.model._get_feat_extract_output_lengths(lengths).long()
+
+    def feature_masking(self) -> MaskConfig | None:
+        """The HF config's masking, in the paper's convention (probabilities / span)."""
+        cfg = self.hf_config
+        if not cfg.apply_spec_augment or (cfg.mask_time_prob <= 0 and cfg.mask_feature_prob <= 0):
+            return None
+        return MaskConfig(time_prob=cfg.mask_time_prob / cfg.mask_time_length, time_span=cfg.mask_time_length,
+                          channel_prob=cfg.mask_feature_prob / cfg.mask_feature_length,
+                          channel_span=cfg.mask_feature_length, time_min_spans=cfg.mask_time_min_masks)
 
     def forward(self, audio: Tensor, lengths: Tensor) -> BackboneOutput:
         """audio (B, T), lengths (B,) -> ``num_layers`` hidden states (B, T', hidden_size), lengths (B,)."""
@@ -114,4 +140,10 @@ class HFBackbone(Backbone):
     def load_pretrained(self) -> None:
         transformers = require_transformers()
         pretrained = transformers.AutoModel.from_pretrained(self.name_or_path, revision=self.revision)
-        load_state_dict_checked(self.model, pretrained.state_dict(), f"{self.name_or_path} (Hugging Face)")
+        state = dict(pretrained.state_dict())
+        own = self.model.state_dict()
+        if MASK_EMBEDDING not in own:
+            state.pop(MASK_EMBEDDING, None)  # masking off here: the pretrained mask embedding is unused
+        elif MASK_EMBEDDING not in state:
+            state[MASK_EMBEDDING] = own[MASK_EMBEDDING]  # masking on, none pretrained: keep the fresh one
+        load_state_dict_checked(self.model, state, f"{self.name_or_path} (Hugging Face)")

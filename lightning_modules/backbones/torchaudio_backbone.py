@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import math
 import json
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ from .base import (
     module_group,
     zero_padding,
 )
+from .layer_drop import LayerDrop
+from .masking import FeatureMasking, MaskConfig, resolve_mask
 
 _FACTORIES = {"Wav2Vec2": wav2vec2_model, "WavLM": wavlm_model}
 
@@ -80,8 +83,14 @@ class TorchaudioBackbone(Backbone):
             or :func:`save_backbone_weights`); ``None`` downloads the bundle's weights.
         config_overrides: entries replacing the bundle's ``_params`` (architecture or dropouts),
             e.g. a tiny model for tests.
-        layer_drop: LayerDrop probability during training (0 disables). When > 0, DDP needs
-            ``find_unused_parameters=True``.
+        layer_drop: LayerDrop probability during training (0 disables; fairseq fine-tuning uses 0.05-0.1).
+            Same decisions on every DDP rank and a gradient for every parameter, so plain ``ddp``
+            works (no ``find_unused_parameters``); see ``layer_drop.py``.
+        layer_drop_seed: seed of the LayerDrop decisions (identical on every rank).
+        mask: masking of the projected CNN features before the transformer in training
+            (``masking.py``): a preset (``"10min"``, ``"1h"``, ``"10h"``, ``"100h"``, ``"960h"``), a
+            dict of ``MaskConfig`` fields, or None (off). Adds the learned mask embedding
+            ``masking.embedding`` (group ``feature_projection``).
     """
 
     def __init__(
@@ -90,6 +99,8 @@ class TorchaudioBackbone(Backbone):
         weights_path: str | None = None,
         config_overrides: dict[str, Any] | None = None,
         layer_drop: float = 0.0,
+        layer_drop_seed: int = 0,
+        mask: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.bundle_name = bundle
@@ -97,11 +108,14 @@ class TorchaudioBackbone(Backbone):
         self.weights_path = weights_path
         self.config_overrides = json.loads(json.dumps(config_overrides or {}))  # JSON-safe (tuples -> lists)
         self.layer_drop = float(layer_drop)
+        mask_config = resolve_mask(mask)
         self._init_args = {
             "bundle": bundle,
             "weights_path": weights_path,
             "config_overrides": self.config_overrides,
             "layer_drop": self.layer_drop,
+            "layer_drop_seed": int(layer_drop_seed),
+            "mask": None if mask_config is None else asdict(mask_config),
         }
         self.model_type = self.bundle._model_type
         self.model = _FACTORIES[self.model_type](**self.params)
@@ -112,6 +126,11 @@ class TorchaudioBackbone(Backbone):
         self.frames_per_second = self.sample_rate / math.prod(s for _, s in self._convs)
         self.output_dim = int(self.params["encoder_embed_dim"])
         self.num_layers = len(self.model.encoder.transformer.layers) + 1
+        self.layerdrop = LayerDrop(self.layer_drop, layer_drop_seed) if self.layer_drop > 0 else None
+        self.masking = FeatureMasking(self.output_dim, mask_config) if mask_config is not None else None
+
+    def feature_masking(self) -> MaskConfig | None:
+        return None if self.masking is None else self.masking.config
 
     @property
     def params(self) -> dict[str, Any]:
@@ -147,6 +166,8 @@ class TorchaudioBackbone(Backbone):
             audio = masked_normalize(audio, lengths)  # per utterance, valid samples only
         features, _ = self.model.feature_extractor(audio, None)  # (B, T', C)
         x, attention_mask = self.model.encoder._preprocess(features, frames)  # zeroes padded frames
+        if self.masking is not None:  # training only: time spans -> mask embedding, channel spans -> 0
+            x = self.masking(x, frames)
         transformer = self.model.encoder.transformer
         x = transformer._preprocess(x)
         key_padding_mask = None
@@ -154,8 +175,10 @@ class TorchaudioBackbone(Backbone):
             pad = ~lengths_to_mask(frames, x.size(1))
             attention_mask, key_padding_mask = None, x.new_zeros(pad.shape).masked_fill(pad, float("-inf"))
         hidden, position_bias = [x], None
-        for i, layer in enumerate(transformer.layers):
-            if self._drops(i):
+        drops = self._drops(len(transformer.layers))
+        for layer, drop in zip(transformer.layers, drops):
+            if drop:  # all-zero gradients for the skipped layer's parameters: DDP needs no unused-parameter search
+                x = LayerDrop.touch(x, layer)
                 hidden.append(x)
                 continue
             x, position_bias = layer(x, attention_mask, position_bias=position_bias, key_padding_mask=key_padding_mask)
@@ -164,14 +187,14 @@ class TorchaudioBackbone(Backbone):
             hidden[-1] = transformer.layer_norm(hidden[-1])
         return BackboneOutput(tuple(zero_padding(h, frames) for h in hidden), frames)
 
-    def _drops(self, index: int) -> bool:
-        """LayerDrop decision; WavLM's first layer computes the relative position bias and always runs."""
-        if not self.training or self.layer_drop <= 0 or (self.model_type == "WavLM" and index == 0):
-            return False
-        return float(torch.rand(())) < self.layer_drop
+    def _drops(self, num_layers: int) -> list[bool]:
+        """LayerDrop decisions; WavLM's first layer computes the relative position bias and always runs."""
+        if self.layerdrop is None:
+            return [False] * num_layers
+        return self.layerdrop.decide(num_layers, keep=(0,) if self.model_type == "WavLM" else ())
 
     def layer_groups(self) -> list[tuple[str, nn.Module]]:
-        """feature_extractor, feature_projection (+ positional conv [+ input layer norm]), layer.0 .. layer.N-1."""
+        """feature_extractor, feature_projection (+ mask embedding, positional conv [+ input layer norm]), layer.0 .. layer.N-1."""
         encoder = self.model.encoder
         transformer = encoder.transformer
         norm_in = transformer.layer_norm if transformer.layer_norm_first else None
@@ -179,7 +202,8 @@ class TorchaudioBackbone(Backbone):
         layers = list(transformer.layers)
         groups = [
             ("feature_extractor", self.model.feature_extractor),
-            ("feature_projection", module_group(encoder.feature_projection, transformer.pos_conv_embed, norm_in)),
+            ("feature_projection", module_group(encoder.feature_projection, self.masking, transformer.pos_conv_embed,
+                                                norm_in)),
         ]
         groups += [(f"layer.{i}", layer) for i, layer in enumerate(layers[:-1])]
         groups.append((f"layer.{len(layers) - 1}", module_group(layers[-1], norm_out)))

@@ -28,7 +28,7 @@ def datamodule(corpus, small: bool = False, **kwargs) -> EpisodicDataModule:
     if small:
         corpora.append(LibriSpeechCorpus(corpus, ["dev-clean"]))
     settings = dict(meta_val=1, meta_test=1, shots=2, queries=2, tasks_per_step=2, steps_per_epoch=4,
-                    eval_shots=2, eval_queries=3, num_workers=0, frames_per_second=25.0, seed=0,
+                    eval_shots=2, eval_queries=3, num_workers=0, seed=0,
                     cache_dir=str(corpus / "cache"))
     return EpisodicDataModule(corpora, **{**settings, **kwargs})
 
@@ -92,7 +92,7 @@ def test_utterances_without_the_task_key_are_counted(tmp_path):
     make_commonvoice(tmp_path / "cv", "en", {"train": 9}, accents=("United States English", "England English", ""))
     dm = EpisodicDataModule(CommonVoiceCorpus(tmp_path / "cv", "en", "train"), task_key="accent", meta_val=0,
                             meta_test=1, shots=1, queries=1, tasks_per_step=1, num_workers=0,
-                            frames_per_second=25.0, cache_dir=str(tmp_path / "cache"))
+                            cache_dir=str(tmp_path / "cache"))
     tasks, split = dm.tasks()
     assert sorted(tasks) == ["England English", "United States English"]
     assert dm.task_skips == {"utterances_without_task_key": 3}

@@ -95,7 +95,7 @@ def test_support_from_a_corpus_filter(tmp_path, one_thread):
     (tmp_path / "corpus.yaml").write_text(yaml.safe_dump(corpus))
     episodic = {"class_path": "datamodules.EpisodicDataModule",
                 "init_args": {"corpora": [corpus], "meta_val": 0, "meta_test": 1, "shots": 1, "queries": 1,
-                              "eval_queries": 2, "tasks_per_step": 1, "frames_per_second": 25.0, "num_workers": 0,
+                              "eval_queries": 2, "tasks_per_step": 1, "num_workers": 0,
                               "cache_dir": str(tmp_path / "cache")}}
     (tmp_path / "episodic.yaml").write_text(yaml.safe_dump(episodic))
     ckpt = checkpoint(tmp_path)
@@ -109,7 +109,7 @@ def test_support_from_a_corpus_filter(tmp_path, one_thread):
     assert all(i.startswith("100-") for i in record["support"])
     assert main([*args, "--data", str(tmp_path / "episodic.yaml"), "--task", "101"]) == 0
     dm = EpisodicDataModule([LibriSpeechCorpus(root, ["train-clean-100"])], eval_queries=2, meta_val=0, meta_test=1,
-                            shots=1, queries=1, tasks_per_step=1, frames_per_second=25.0, num_workers=0,
+                            shots=1, queries=1, tasks_per_step=1, num_workers=0,
                             cache_dir=str(tmp_path / "cache"))
     plan = dm.task_episode("101", 3)  # the few-shot test's support: never its query
     assert torch.load(out, weights_only=False)["speechxfer"]["adaptation"]["support"] == list(plan.support)

@@ -173,7 +173,7 @@ def test_resume_mid_meta_epoch_is_exact(tmp_path, one_thread):
         pl.seed_everything(0, verbose=False)
         data = EpisodicDataModule(LibriSpeechCorpus(tmp_path / "corpus", ["train-clean-100"]), meta_val=0, meta_test=0,
                                   shots=2, queries=2, tasks_per_step=2, steps_per_epoch=3, num_workers=0,
-                                  frames_per_second=25.0, cache_dir=str(tmp_path / "cache"))
+                                  cache_dir=str(tmp_path / "cache"))
         module = MetaCTC(make_tiny_backbone(0), data.tokenizer.to_dict(), inner_groups=["top:1"], lr=0.01)
         ids = {}
 

@@ -55,7 +55,7 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     data = EpisodicDataModule(LibriSpeechCorpus(args.corpus, ["train-clean-100"]), meta_val=2, meta_test=0, shots=2,
                               queries=2, tasks_per_step=4, steps_per_epoch=STEPS, eval_shots=2, eval_queries=2,
-                              num_workers=0, frames_per_second=25.0, cache_dir=str(args.out / "cache"))
+                              num_workers=0, cache_dir=str(args.out / "cache"))
     module = MetaCTC(make_tiny_backbone(0), data.tokenizer.to_dict(), inner_groups=["top:1"], learn_inner_lr=True,
                      inner_steps=2, lr=0.05, dropout=0.0, outer_optimizer="sgd")
     trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
