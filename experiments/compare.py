@@ -42,7 +42,8 @@ COLUMNS = [
     ("target_wer", "target WER %"), ("target_cer", "target CER %"), ("headline", "headline"),
     ("wall_time", "wall time"),
 ]
-FIGURES = ("wer_curves.png", "target_wer_vs_minutes.png", "adaptation_curve.png")
+FIGURES = ("wer_curves.png", "target_wer_vs_minutes.png")  # always written
+ADAPTATION_FIGURE = "adaptation_curve.png"  # runs with a few-shot test
 PERCENT = ("source_wer", "source_cer", "target_wer", "target_cer")
 
 
@@ -147,13 +148,13 @@ def html_report(records: list[RunRecord], skipped: list[tuple[str, str]]) -> str
         "<tr>" + "".join(f"<td>{esc(row.get(key, ''))}</td>" for key, _ in cols) + "</tr>"
         for row in (format_row(r) for r in records)
     )
-    figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in FIGURES[:2])
+    figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in FIGURES)
     header, rows = fewshot_table(records)
     if rows:
         figures += ("<h2>Few-shot adaptation</h2><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
                     + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
                                                        for row in rows)
-                    + f'</tbody></table><p><img src="{FIGURES[2]}" alt="{FIGURES[2]}"></p>')
+                    + f'</tbody></table><p><img src="{ADAPTATION_FIGURE}" alt="{ADAPTATION_FIGURE}"></p>')
     skips = "".join(f"<li><code>{esc(p)}</code>: {esc(r)}</li>" for p, r in skipped)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>speechxfer run comparison</title>"
@@ -172,7 +173,7 @@ def write_report(records: list[RunRecord], out: Path, formats: Sequence[str] = (
     records = sorted(records, key=sort_key)
     written = [plot_wer_curves(records, out / FIGURES[0]), plot_target_wer_vs_minutes(records, out / FIGURES[1])]
     if any(r.fewshot for r in records):
-        written.append(plot_adaptation_curve(records, out / FIGURES[2]))
+        written.append(plot_adaptation_curve(records, out / ADAPTATION_FIGURE))
         with open(out / "fewshot.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["run", "method", "shots", "wer", "cer"])
