@@ -41,12 +41,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_common import REPO, write_yaml  # noqa: E402
+from lightning_modules.checkpoint_io import read_checkpoint  # noqa: E402
 
 METHODS = ("fomaml", "reptile", "joint", "scratch", "source")
 
@@ -85,7 +85,7 @@ def data_configs(out: Path, source: Path, s: Settings) -> tuple[Path, Path, int,
     """(episodes data yaml, pooled data yaml, joint steps, utterances per pooled batch) under ``out/configs``."""
     from lightning_modules.backbones.base import build_backbone
 
-    backbone = build_backbone(torch.load(source, map_location="cpu", weights_only=False)["speechxfer"]["backbone_config"])
+    backbone = build_backbone(read_checkpoint(source)["speechxfer"]["backbone_config"])
     common = {"tokenizer_path": str(source), "cache_dir": str(out / "cache"),
               "num_workers": 1, "steps_per_epoch": s.steps_per_epoch, "test_shots": s.test_shots,
               "adapt_steps": s.adapt_steps, "adapt_lr": s.adapt_lr, "adapt_groups": s.adapt_groups,
@@ -125,7 +125,7 @@ def budget_args(steps: int, per_epoch: int | None, validations: int) -> list[str
 
 def source_model_config(out: Path, source: Path) -> Path:
     """A ``--model`` config that rebuilds the source checkpoint's module (its weights come from ``--ckpt_path``)."""
-    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(source)
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "tokenizer" and not k.startswith("_")}
     backbone = {"class_path": "lightning_modules.backbones.CheckpointBackbone", "init_args": {"path": str(source)}}
     return write_yaml(out / "configs" / "source_model.yaml", {"class_path": ckpt["speechxfer"]["module_class"],
@@ -145,7 +145,7 @@ def method_args(method: str, out: Path, source: Path, episodes: Path, pooled: Pa
              *budget_args(joint_steps, None, s.validations)]
     if method == "joint":
         return joint + backbone_path
-    backbone = torch.load(source, map_location="cpu", weights_only=False)["speechxfer"]["backbone_config"]
+    backbone = read_checkpoint(source)["speechxfer"]["backbone_config"]
     scratch = write_yaml(out / "configs" / "scratch_backbone.yaml", {"model": {"init_args": {"backbone": backbone}}})
     return joint + ["--config", str(scratch)]
 

@@ -3,17 +3,25 @@
     GradualUnfreezing        staged unfreezing of layer groups, DDP- and resume-safe (unfreeze.py)
     GradSync                 all-reduces grads of parameters unfrozen after DDP wrapped the model (grad_sync.py;
                              a helper GradualUnfreezing uses, not a Lightning callback)
-    ResumeAtEpochEnd         an epoch-end checkpoint resumes at the next epoch's start (resume.py)
+    ResumeAtEpochEnd         an epoch-end checkpoint resumes at the next epoch's start; resumed runs log at
+                             the right step (resume.py)
     RandomState              per-rank RNG state in checkpoints: exact resume (resume.py)
-    SlurmRequeue             checkpoint + requeue on SIGUSR1 at a step boundary (slurm_requeue.py)
+    SlurmRequeue             checkpoint + clean stop on SIGUSR1 at a step boundary, for a requeue (slurm_requeue.py)
     AudioThroughput          train/audio_sec_per_sec and samples/s, global over ranks (throughput.py)
     RunSummary               <run dir>/summary.json, kept current (run_summary.py)
     WandbValidationSamples   validation transcripts with audio as a W&B table (wandb_extras.py)
     WandbLayerWeights        featurizer layer weights as a W&B bar chart (wandb_extras.py)
+    LastCheckpoint           last.ckpt every N steps and at train end (checkpointing.py)
+    BestCheckpoint           best checkpoint by WER, ties broken by CER then loss (checkpointing.py)
+    NonFiniteGuard           a non-finite loss/gradient stops the run naming the batch, or skips and counts (nonfinite.py)
+    BadInputReport           load-time bad-input skips per epoch, every count in summary.json (bad_input.py)
     WandbAdaptationCurve     few-shot test WER vs k shots as a W&B line plot (wandb_extras.py)
 """
 
+from callbacks.bad_input import BadInputReport
+from callbacks.checkpointing import BestCheckpoint, LastCheckpoint
 from callbacks.grad_sync import GradSync
+from callbacks.nonfinite import NonFiniteGuard
 from callbacks.resume import RandomState, ResumeAtEpochEnd
 from callbacks.run_summary import RunSummary
 from callbacks.slurm_requeue import SlurmRequeue
@@ -22,6 +30,7 @@ from callbacks.unfreeze import GradualUnfreezing
 from callbacks.wandb_extras import WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples
 
 __all__ = [
-    "AudioThroughput", "GradSync", "GradualUnfreezing", "RandomState", "ResumeAtEpochEnd", "RunSummary",
-    "SlurmRequeue", "WandbAdaptationCurve", "WandbLayerWeights", "WandbValidationSamples",
+    "AudioThroughput", "BadInputReport", "BestCheckpoint", "GradSync", "GradualUnfreezing", "LastCheckpoint",
+    "NonFiniteGuard", "RandomState", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue", "WandbAdaptationCurve",
+    "WandbLayerWeights", "WandbValidationSamples",
 ]

@@ -37,7 +37,23 @@ class ResumeAtEpochEnd(Callback):
     restores its own sampler position (``train_sampler`` state) are touched.
     """
 
+    def __init__(self) -> None:
+        self._align_logging_step = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """First batch after a restore: the loggers' step (``_batches_that_stepped``) = the global step.
+
+        Lightning adds 1 to the restored logging step on restart, assuming the checkpoint was saved
+        before that step's increment (true on a train-batch end, not for the final ``last.ckpt`` saved
+        at train end): metrics of a run resumed from such a checkpoint were logged one step late. With one
+        optimizer both count optimizer steps, so they must be equal.
+        """
+        if self._align_logging_step and len(trainer.optimizers) == 1:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        self._align_logging_step = False
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._align_logging_step = True
         datamodule = trainer.datamodule
         state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
         loops = checkpoint.get("loops", {}).get("fit_loop", {})
@@ -54,9 +70,9 @@ class ResumeAtEpochEnd(Callback):
         for progress in (epochs["total"], epochs["current"]):  # epoch e done, epoch e + 1 ready, not started
             progress["processed"] = progress["completed"] = progress["started"]
             progress["ready"] = progress["started"] + 1
-        loops.setdefault("epoch_loop.state_dict", {})
-        stepped = loops["epoch_loop.state_dict"].get("_batches_that_stepped", 0)
-        loops["epoch_loop.state_dict"]["_batches_that_stepped"] = stepped + 1  # as Lightning does after a batch
+        # ``_batches_that_stepped`` (the loggers' step) is left as saved: Lightning adds the missing 1 itself when
+        # it restarts a loop that is not on its last batch (TrainingEpochLoop.reset); adding it here too made
+        # every metric after such a resume logged one step late.
         log.info("resuming after the last batch of epoch %s: continuing at the start of the next epoch",
                  checkpoint.get("epoch"))
 

@@ -6,7 +6,7 @@ trainable-parameter count and the wall time travel in the checkpoint (callback s
 run continues them. ``method`` is the module's class name; ``data`` and ``labelled_target_minutes``
 come from the ``SpeechDataModule`` (null when fitting on plain dataloaders). Schema (JSON)::
 
-    {"status": "running" | "finished" | "failed" | "interrupted" | "pruned",
+    {"status": "running" | "finished" | "requeued" | "failed" | "interrupted" | "pruned",
      "method": "FineTuneCTC", "module_class": "lightning_modules.finetune.FineTuneCTC",
      "backbone": {"class": "...", "name": "...", "identity": "..."} | null,
      "data": {"source": "LibriSpeech train-clean-100", "target": "CommonVoice en/train (unlabelled)"} | null,
@@ -15,7 +15,13 @@ come from the ``SpeechDataModule`` (null when fitting on plain dataloaders). Sch
      "wall_time_s": 12.3, "global_step": 200, "epoch": 3,
      "best": {"val/target/wer": {"value": 0.31, "step": 180}, ...},
      "headline_metric": "val/target/wer",   # .../cer for languages written without spaces (datamodules/locales.py)
-     "monitor_mode": "min", "updated": "2025-01-01T12:00:00"}
+     "monitor_mode": "min", "updated": "2025-01-01T12:00:00",
+     "data_report": <datamodule.bad_input_report()>, "nonfinite": {...}}   # from other callbacks
+
+Callbacks add entries by defining ``summary_entries(trainer) -> dict`` (``BadInputReport``: every
+bad-input count; ``NonFiniteGuard``: skipped steps). ``"finished"`` is written after the final
+checkpoint (``LastCheckpoint`` saves at train end, before fit end); a fit that ``SlurmRequeue`` stopped
+is ``"requeued"``; a fit that raised is ``"failed"`` with the error.
 
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
 ``WandbLogger`` is attached), so ``speechxfer compare`` reads W&B runs the same way.
@@ -38,6 +44,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.atomic import write_json_atomic
+from callbacks.slurm_requeue import SlurmRequeue
 from datamodules.base import speech_datamodule
 from datamodules.locales import monitored_metric
 
@@ -81,6 +88,10 @@ class RunSummary(Callback):
         self._static: dict[str, Any] = {}
 
     # --- Lightning hooks -------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # from here on a failure is recorded (a resumed run must not keep saying "finished")
+            self._start = time.monotonic()
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
         self._track_trainable(pl_module)
@@ -110,7 +121,8 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._track_trainable(pl_module)
-        payload = self._write(trainer, pl_module, "finished")
+        requeued = any(isinstance(cb, SlurmRequeue) and cb.stopped_for_requeue for cb in trainer.callbacks)
+        payload = self._write(trainer, pl_module, "requeued" if requeued else "finished")
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
@@ -171,6 +183,11 @@ class RunSummary(Callback):
 
     def summary(self, trainer: Trainer, pl_module: LightningModule, status: str) -> dict[str, Any]:
         """The summary dict (see module docstring)."""
+        extra: dict[str, Any] = {}
+        for callback in trainer.callbacks:
+            entries = getattr(callback, "summary_entries", None)  # optional callback protocol
+            if callable(entries) and callback is not self:
+                extra.update(entries(trainer))
         return {
             "status": status,
             **self._static,
@@ -182,6 +199,7 @@ class RunSummary(Callback):
             "best": dict(sorted(self.best.items())),
             "monitor_mode": "min",
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
         }
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, status: str, **extra: Any) -> dict[str, Any]:

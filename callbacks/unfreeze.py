@@ -161,7 +161,6 @@ class GradualUnfreezing(Callback):
                 f"GradualUnfreezing: nothing is trainable at the first stage {self.active_groups(pl_module)}: "
                 "the module froze those parameters itself before fit (frozen parameters are never unfrozen)"
             )
-        rank_zero_info(f"GradualUnfreezing: training {self.active_groups(pl_module)} from the start")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the stage reached; re-apply ``requires_grad`` now, before DDP wraps the model."""
@@ -183,6 +182,12 @@ class GradualUnfreezing(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._grad_sync = GradSync.for_strategy(trainer.strategy) if self.ddp_sync else None
         self._sync_param_groups(trainer, pl_module, step=trainer.global_step)
+        # after the callback state of a resumed run was restored (load_state_dict), so this names the real stage
+        if trainer.ckpt_path:
+            rank_zero_info(f"GradualUnfreezing: resumed from {trainer.ckpt_path} with {self.unit} stage(s) "
+                           f"{self.applied} applied: training {self.active_groups(pl_module)}")
+        else:
+            rank_zero_info(f"GradualUnfreezing: training {self.active_groups(pl_module)} from the start")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.unit == "epoch":

@@ -1,6 +1,15 @@
 """Weights & Biases extras: validation transcripts with audio, featurizer layer weights as a bar chart,
 the few-shot adaptation curve as a line plot.
 
+Why the audio is logged twice (wandb 0.31): a ``wandb.Table`` logged to a run is stored as a ``run_table``
+*artifact* (where its ``wandb.Audio`` cells are real files, playable in the W&B UI once the artifact is
+uploaded) plus a plain ``files/media/table/...table.json`` copy written by ``Table.bind_to_run`` from the
+raw rows, in which a media cell is only its class name: ``"Audio"``. Offline, the artifact waits in the
+W&B staging folder outside the run directory (``~/.local/share/wandb/artifacts/staging``), so the run
+directory held no audio at all. ``WandbValidationSamples`` therefore also logs the clips as a media list
+(``<key>_audio``: ``files/media/audio/*.wav`` inside the run directory, in the run history) and gives the
+table an ``audio_file`` column with each clip's path relative to ``files/``.
+
 Both callbacks act only when a ``WandbLogger`` is attached, only on global rank 0 and never during the
 sanity check; without a ``WandbLogger`` they do nothing (one debug log line). Metrics such as the DANN
 λ (``train/lambda``) or per-layer weights (``layer_weights/<layer>``) are logged by the modules
@@ -23,7 +32,7 @@ from datamodules.episodic import FEWSHOT_METRIC
 
 log = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ["domain", "id", "audio", "reference", "hypothesis"]
+SAMPLE_COLUMNS = ["domain", "id", "audio", "audio_file", "reference", "hypothesis"]
 
 
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -48,11 +57,13 @@ class _WandbOnly(Callback):
 
 
 class WandbValidationSamples(_WandbOnly):
-    """Each validation, a ``wandb.Table`` (domain, id, audio, reference, hypothesis) per run.
+    """Each validation, a ``wandb.Table`` (domain, id, audio, audio_file, reference, hypothesis) per run.
 
     Takes the first ``num_samples`` labelled utterances of every val dataloader (first batch(es)),
-    transcribes them with ``pl_module.transcribe(audio (B, T), lengths (B,)) -> list[str]`` and logs
-    the table under ``key`` at the current global step. Audio is trimmed to its valid length.
+    transcribes them with ``pl_module.transcribe(audio (B, T), lengths (B,)) -> list[str]`` and logs,
+    at the current global step, the clips under ``<key>_audio`` (WAV files in the run's ``files/media/audio``)
+    and the table under ``key`` (``audio_file``: a clip's path relative to the run's ``files/``; see the
+    module docstring). Audio is trimmed to its valid length.
 
     The audio's rate is the datamodule's ``sample_rate`` (``SAMPLE_RATE`` without a datamodule).
 
@@ -98,7 +109,11 @@ class WandbValidationSamples(_WandbOnly):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = self._logger(trainer)
         if logger is not None and self._rows:
-            logger.log_table(self.key, columns=SAMPLE_COLUMNS, data=self._rows, step=trainer.global_step)
+            clips = [row[2] for row in self._rows]
+            logger.log_metrics({f"{self.key}_audio": clips}, step=trainer.global_step)  # binds: files/media/audio
+            files = [clip.to_json(logger.experiment)["path"] for clip in clips]
+            rows = [[*row[:3], path, *row[3:]] for row, path in zip(self._rows, files)]
+            logger.log_table(self.key, columns=SAMPLE_COLUMNS, data=rows, step=trainer.global_step)
         self._rows = []
 
 

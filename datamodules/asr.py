@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -31,12 +32,14 @@ from lhotse import CutSet
 from torch.utils.data import DataLoader
 
 from datamodules import errors as E
+from datamodules.atomic import write_json_atomic
 from datamodules.augment import WaveformAugmentation
 from datamodules.base import SpeechDataModule, Tokenizer
 from datamodules.batch import DOMAIN_IDS, domain_id
+from datamodules.charset import CharPolicy, count_chars, describe_excluded
 from datamodules.corpus_base import Corpus, describe_training
 from datamodules.ctc_check import FrameCounter
-from datamodules.dataset import SpeechDataset, check_labels, iter_texts
+from datamodules.dataset import MAX_CHARS_PER_SECOND, LoadSkips, SpeechDataset, check_labels, iter_texts
 from datamodules.errors import BadInputError, check_on_bad_input
 from datamodules.manifest_cache import USER_CACHE_DIR
 from datamodules.probe import audio_file_cut
@@ -70,9 +73,18 @@ class ASRDataModule(SpeechDataModule):
         replay: a source corpus to replay while training on this one (``replay.py``): the training cuts
             become ``CutSet.mux`` of these and a seeded slice of ``replay`` holding ``replay_ratio`` of
             the mixed audio. Validate on "source" too, to see the forgetting it prevents.
-        on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs.
+        on_bad_input: "error" raises ``BadInputError``; "skip" drops, counts and logs. Covers the
+            corpus scan, the label checks (OOV characters, too short for CTC) and audio that fails to
+            decode or decodes to NaN/inf at load time; ``bad_input_report()`` has every count. Clips
+            longer than ``max_duration`` (they cannot be batched) and faster than
+            ``max_chars_per_second`` are counted skips (with a warning) under either policy.
         cache_dir: corpus manifest + tokenizer cache; default: manifests next to the data (else
             ``~/.cache/speechxfer``), tokenizers in ``~/.cache/speechxfer``.
+        max_chars_per_second: labelled utterances with more normalised characters per second of
+            audio are skipped and counted (truncated audio / wrong transcript); None disables the check.
+        charset, min_char_count: the training-text character policy of a char tokenizer (see
+            ``datamodules.charset``): ``"letters"`` (default), a locale (``"en"``), explicit characters,
+            or None (every character); characters seen fewer than ``min_char_count`` times are excluded.
     """
 
     def __init__(
@@ -99,6 +111,9 @@ class ASRDataModule(SpeechDataModule):
         replay_ratio: float = 0.2,
         on_bad_input: Literal["error", "skip"] = "error",
         cache_dir: str | None = None,
+        max_chars_per_second: float | None = MAX_CHARS_PER_SECOND,
+        charset: str | None = "letters",
+        min_char_count: int = 1,
     ) -> None:
         super().__init__()
         domain_id(domain)  # "source" | "target", checked now
@@ -119,6 +134,11 @@ class ASRDataModule(SpeechDataModule):
         self.output_lengths: FrameCounter | None = None  # set: overrides the trainer's model (encoder_frames)
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None  # None: corpora pick
+        self.max_chars_per_second = max_chars_per_second
+        self.char_policy = CharPolicy(charset, min_char_count, self.normalizer.keep_chars)
+        self.text_report: dict[str, Any] = {}  # the training-text character policy's outcome
+        self.skip_examples: dict[str, dict[str, str]] = {}  # first skip message per reason, per split
+        self.load_skips: dict[str, LoadSkips] = {}  # load-time skips per loader name
         self._tokenizer: Tokenizer | None = None
         self._raw: dict[str, CutSet] = {}
         self._checked: dict[str, CutSet] = {}
@@ -175,7 +195,7 @@ class ASRDataModule(SpeechDataModule):
 
     def train_dataloader(self, rank: int | None = None, world_size: int | None = None) -> DataLoader:
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
-        loader = self._training_loader(self.train_cuts(), self.train_labels, self.domain, rank, world_size)
+        loader = self._training_loader(self.train_cuts(), self.train_labels, self.domain, rank, world_size, "train")
         if (resume := self._take_resume(world_size)) is not None:
             loader.sampler.fast_forward(resume["epoch"], resume["batches"])
         self.train_sampler = loader.sampler
@@ -214,7 +234,7 @@ class ASRDataModule(SpeechDataModule):
         if cuts is None:
             cuts = self._raw["predict"] = self._predict_cuts()
         dataset = SpeechDataset(labels=False, domain=domain_id(self.domain), on_bad_input=self.on_bad_input)
-        return self._loader(dataset, self._sampler(cuts, False, rank, world_size))
+        return self._loader(dataset, self._sampler(cuts, False, rank, world_size), "predict")
 
     def state_dict(self) -> dict[str, Any]:
         return progress_state(self.trainer, self.train_sampler, self.seed)
@@ -254,7 +274,7 @@ class ASRDataModule(SpeechDataModule):
                 raise ValueError(f"{type(self).__name__}: no training corpus was given ({key}=...)")
             raw = self._corpus_cuts(key, corpus)
             max_speed = self.augment.max_speed if self.augments_waveform else 1.0
-            self._checked[key] = self._check(raw, key, max_speed) if labels else raw
+            self._checked[key] = self._check(raw, key, max_speed, labels)
             self._checked_frames[key] = self.encoder_frames() is not None or not labels
             self._batch_counts.clear()  # counted over the previous check's cuts
         return self._checked[key]
@@ -292,17 +312,48 @@ class ASRDataModule(SpeechDataModule):
             self._raw[key] = corpus.cuts(self.cache_dir)
         return self._raw[key]
 
-    def _check(self, cuts: CutSet, name: str, max_speed: float) -> CutSet:
-        frames = self.encoder_frames()
-        if frames is None and name not in self.skipped:
+    def _check(self, cuts: CutSet, name: str, max_speed: float, labels: bool = True) -> CutSet:
+        """Drop (or raise on) unusable utterances before sampling: durations always, labels when ``labels``."""
+        frames = self.encoder_frames() if labels else None
+        if labels and frames is None and name not in self.skipped:
             log.info("%s/%s: no model attached yet; clips too short for their CTC label are checked once one is "
                      "(set .output_lengths to a backbone's output_lengths to check now)", self.domain, name)
-        kept, skipped = check_labels(cuts, self.tokenizer, frames, self.on_bad_input, max_speed=max_speed,
-                                     name=f"{self.domain}/{name}")
-        self.skipped[name] = dict(skipped)
+        kept, skipped, examples = check_labels(
+            cuts, self.tokenizer if labels else None, frames, self.on_bad_input, max_speed=max_speed,
+            name=f"{self.domain}/{name}", max_duration=self.max_duration,
+            max_chars_per_second=self.max_chars_per_second)
+        self.skipped[name], self.skip_examples[name] = dict(skipped), examples
         if not any(True for _ in kept):
-            raise BadInputError(name, "no_usable_utterances", f"every utterance was skipped: {dict(skipped)}")
+            raise BadInputError(name, E.NO_UTTERANCES,
+                                f"every utterance was skipped: {dict(skipped)}; first: {'; '.join(examples.values())}")
         return kept
+
+    # -- bad-input report --------------------------------------------------------------------------
+    def named_corpora(self) -> dict[str, Corpus]:
+        """Every corpus of this datamodule by split name (``train``, ``val/<name>``, ``test/<name>``)."""
+        corpora = {"train": self.train_corpus, **{f"val/{n}": c for n, c in self.val_corpora.items()},
+                   **{f"test/{n}": c for n, c in self.test_corpora.items()}}
+        return {name: corpus for name, corpus in corpora.items() if corpus is not None}
+
+    def load_skip_counts(self) -> Counter:
+        """``{reason: n}`` of the utterances this process's loaders skipped at load time."""
+        return sum((Counter(rec.counts) for rec in self.load_skips.values()), Counter())
+
+    def bad_input_report(self) -> dict[str, Any]:
+        """Every bad-input count of this datamodule's data, for ``summary.json``.
+
+        ``scan``: per corpus, the files skipped/noted while scanning (``Corpus.skipped``/``notes``);
+        ``checks``: per split, utterances dropped before sampling (labels, durations, speaking rate);
+        ``load``: per loader, utterances skipped when their audio was decoded (this process);
+        ``text``: the training-text character policy and its outcome.
+        """
+        scan = {name: {"skipped": dict(c.skipped), "notes": dict(c.notes)}
+                for name, c in self.named_corpora().items() if c.skipped or c.notes}
+        checks = {name: {"skipped": counts, "examples": self.skip_examples.get(name, {})}
+                  for name, counts in self.skipped.items() if counts}
+        load = {name: rec.to_dict() for name, rec in self.load_skips.items() if rec.total()}
+        return {"on_bad_input": self.on_bad_input, "scan": scan, "checks": checks, "load": load,
+                "text": self.text_report}
 
     def _predict_cuts(self) -> CutSet:
         """The predict corpus's cuts, or one cut per audio file (duplicates once), checked by ``audio_file_cut``."""
@@ -327,18 +378,32 @@ class ASRDataModule(SpeechDataModule):
         cuts = [self._corpus_cuts("train", self.train_corpus)]
         if self.replay is not None:  # the replayed source text is trained on too
             cuts.append(self._replay_cuts())
-        texts = _Texts(*cuts)  # streamed twice (hash, build): fine for lazy 280k-utterance manifests
+        texts = _Texts(*cuts)  # streamed 2-3 times (hash, count, build): fine for lazy 280k-utterance manifests
         settings = {"kind": self.tokenizer_kind, "normalizer": self.normalizer.to_dict(),
-                    "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None}
-        path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{_hash(settings, texts)}.json"
-        if path.is_file():
+                    "vocab": self.sentencepiece_vocab_size if self.tokenizer_kind == "sentencepiece" else None,
+                    "chars": self.char_policy.settings()}
+        key = _hash(settings, texts)
+        path = (self.cache_dir or USER_CACHE_DIR) / f"tokenizer-{key}.json"
+        report_path = path.with_name(f"text-policy-{key}.json")
+        if path.is_file() and report_path.is_file():
+            self.text_report = json.loads(report_path.read_text(encoding="utf-8"))
             return load_tokenizer(path)
+        chars, excluded = self.char_policy.split(count_chars(self.normalizer(t) for t in texts))
         if self.tokenizer_kind == "char":
-            tok = CharTokenizer.build(texts, self.normalizer)
-        else:
-            tok = SentencePieceTokenizer.build(texts, self.normalizer, vocab_size=self.sentencepiece_vocab_size)
+            tok = CharTokenizer(chars, self.normalizer)
+        else:  # texts using an excluded character do not train the pieces (those characters stay OOV)
+            allowed = set(chars)
+            kept = (t for t in texts if all(ch in allowed for ch in self.normalizer(t)))
+            tok = SentencePieceTokenizer.build(kept, self.normalizer, vocab_size=self.sentencepiece_vocab_size)
+        self.text_report = {**self.char_policy.settings(), "vocabulary": "".join(chars),
+                            "excluded": describe_excluded(excluded), "excluded_total": sum(excluded.values())}
+        write_json_atomic(report_path, self.text_report)
         tok.save(path)  # atomic: concurrent ranks write identical content
         log.info("%s: built %s tokenizer (%d classes) -> %s", self.domain, self.tokenizer_kind, tok.vocab_size, path)
+        if excluded:
+            log.warning("%s: training-text character policy %s excluded %d character(s) from the vocabulary: %s; "
+                        "utterances using them are bad input (oov_character)", self.domain,
+                        self.char_policy.settings(), len(excluded), self.text_report["excluded"])
         return tok
 
     # -- loaders ---------------------------------------------------------------------------------
@@ -350,11 +415,12 @@ class ASRDataModule(SpeechDataModule):
             rank=rank, world_size=world_size, even_batches=train,
         )
 
-    def _training_loader(self, cuts: CutSet, labels: bool, domain: str, rank: int, world_size: int) -> DataLoader:
-        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts)."""
+    def _training_loader(self, cuts: CutSet, labels: bool, domain: str, rank: int, world_size: int,
+                         name: str) -> DataLoader:
+        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts), named ``name``."""
         dataset = SpeechDataset(self.tokenizer if labels else None, labels=labels, domain=domain_id(domain),
                                 augment=self.augment, on_bad_input=self.on_bad_input, seed=self.seed)
-        return self._loader(dataset, self._sampler(cuts, True, rank, world_size))
+        return self._loader(dataset, self._sampler(cuts, True, rank, world_size), name)
 
     def _take_resume(self, world_size: int) -> dict[str, int] | None:
         """The sampler position restored by ``load_state_dict`` (checked against this run), once."""
@@ -369,11 +435,14 @@ class ASRDataModule(SpeechDataModule):
         dataset = SpeechDataset(self.tokenizer, labels=True, domain=domain, on_bad_input=self.on_bad_input)
         cuts = self.eval_cuts(split, name)
         check_covers_ranks(cuts, world_size, f"{self.domain}/{split}/{name}")
-        return self._loader(dataset, self._sampler(cuts, False, rank, world_size))
+        return self._loader(dataset, self._sampler(cuts, False, rank, world_size), f"{split}/{name}")
 
-    def _loader(self, dataset: SpeechDataset, sampler: DurationBucketingSampler) -> DataLoader:
+    def _loader(self, dataset: SpeechDataset, sampler: DurationBucketingSampler, name: str) -> DataLoader:
+        """A ``CountingDataLoader`` whose load-time skips accumulate in ``self.load_skips[name]``."""
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
-        return make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
+        loader = make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
+        loader.load_skips = self.load_skips.setdefault(name, LoadSkips())
+        return loader
 
 
 def model_output_lengths(trainer: Any) -> FrameCounter | None:

@@ -11,20 +11,34 @@ or a full disk (checkpoints, manifests, tokenizers, feature-cache entries, ``sum
 
 Readers see the old file or the new one, never half of one; on any error (``ENOSPC``, a signal
 turned into an exception) the temporary file is removed and the old file is left untouched.
-A ``kill -9`` mid-write can only leave a ``.<name>.*.tmp`` file next to the destination, never a
-truncated destination, and never anything in ``/tmp``.
+A ``kill -9`` mid-write can only leave a ``.<name>.*.tmp*`` file next to the destination, never a
+truncated destination, and never anything in ``/tmp``; :func:`remove_stale_temps` deletes such
+leftovers when a run (re)starts in a folder. The written file gets the usual ``0o666 & ~umask``
+permissions (``mkstemp`` alone would leave it private to the owner).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+# mkstemp(prefix=".<name>.", suffix=".tmp<suffixes>"): 8 random characters in between
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..*)?$")
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -58,6 +72,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f"{TMP_SUFFIX}{suffix}")
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)
         write(Path(tmp))
         _fsync_file(tmp)
         os.replace(tmp, path)
@@ -66,6 +81,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temporary names :func:`atomic_write` creates (``.<final name>.<random>.tmp<suffixes>``)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files an interrupted :func:`atomic_write` left in ``folder`` (not recursive).
+
+    Only call this when no other process writes into ``folder`` (e.g. when a run starts in its own
+    run directory); returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file() and is_temp_name(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -24,11 +24,14 @@ Members (abstract ones must be implemented; the others have the defaults shown):
     val_languages                               unknown   {val domain: locale | None}; CER headline for
                                                           languages without spaces (datamodules/locales.py)
     state_dict() / load_state_dict(state)       abstract  resumable sampler position ({} if nothing to resume)
+    load_skip_counts()                          Counter() {reason: n} skipped at load time by this process's loaders
+    bad_input_report()                          {}        every bad-input count, for summary.json ("data_report")
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -94,6 +97,14 @@ class SpeechDataModule(pl.LightningDataModule, ABC):
     @abstractmethod
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the next ``train_dataloader()`` continues from that position."""
+
+    def load_skip_counts(self) -> Counter:
+        """``{reason: n}`` of the utterances skipped when their audio was loaded (this process's loaders)."""
+        return Counter()
+
+    def bad_input_report(self) -> dict[str, Any]:
+        """Every bad-input count (scan, checks, load, text policy) for ``summary.json``; ``{}`` if none kept."""
+        return {}
 
     def eval_domain(self, stage: Literal["val", "test"], dataloader_idx: int) -> str:
         """Name of val/test dataloader ``dataloader_idx``."""

@@ -96,8 +96,12 @@ class CommonVoiceCorpus(Corpus):
         the referenced ones are stat'ed."""
         tsv, clips = state
         yield stat_entry(tsv, self.root)
-        rows = tsv_rows(tsv)
-        header = next(rows, (0, []))[1]
+        rows = tsv_rows(tsv)  # streamed: a validated.tsv has millions of rows
+        try:
+            header = next(rows, (0, []))[1]
+        except OSError as err:  # the scan reports it; fixing it changes the key
+            yield "unreadable", str(tsv), err.errno
+            return
         if "path" in header:
             col = header.index("path")
             yield from (stat_entry(clips / f[col], self.root) for _, f in rows if len(f) > col)
@@ -105,7 +109,11 @@ class CommonVoiceCorpus(Corpus):
     def _scan(self, state: tuple[Path, Path], policy: E.BadInputPolicy) -> list[DataCut]:
         tsv, clips = state
         rows = tsv_rows(tsv)
-        header = next(rows, None)
+        try:
+            header = next(rows, None)
+        except OSError as err:
+            policy.bad(tsv, E.UNREADABLE_FILE, f"cannot read it ({err.strerror or err})")
+            return []
         if header is None:
             policy.bad(tsv, E.EMPTY_TSV, "file is empty (no header line)")
             return []
@@ -114,17 +122,17 @@ class CommonVoiceCorpus(Corpus):
         if missing:
             policy.bad(f"{tsv}:{header[0]}", E.BAD_TSV_HEADER, f"header lacks column(s) {missing}: {columns}")
             return []
-        cuts, seen, n_rows = [], {}, 0
+        cuts, seen, ids, n_rows = [], {}, {}, 0
         for lineno, fields in rows:
             n_rows += 1
-            cut = self._row_to_cut(f"{tsv}:{lineno}", columns, fields, clips, seen, policy)
+            cut = self._row_to_cut(f"{tsv}:{lineno}", columns, fields, clips, seen, ids, policy)
             if cut is not None:
                 cuts.append(cut)
         if n_rows == 0:
             policy.bad(tsv, E.EMPTY_TSV, "header only, no rows")
         return cuts
 
-    def _row_to_cut(self, where, columns, fields, clips, seen, policy) -> DataCut | None:
+    def _row_to_cut(self, where, columns, fields, clips, seen, ids, policy) -> DataCut | None:
         line = "\t".join(fields)
         problem = utf8_problem(line)
         if problem is not None:
@@ -137,12 +145,16 @@ class CommonVoiceCorpus(Corpus):
         if name in seen:
             return policy.bad(where, E.DUPLICATE_ID, f"clip {name} already listed at {seen[name]}")
         seen[name] = where
+        uid = Path(name).stem  # the cut id: x.mp3 and x.wav would be one utterance twice
+        if uid in ids:
+            return policy.bad(where, E.DUPLICATE_ID, f"clip {name} has the utterance id {uid!r} of the clip at {ids[uid]}")
+        ids[uid] = where
         if not text:
             return policy.bad(where, E.EMPTY_TEXT, f"clip {name} has an empty sentence")
         audio = clips / name
         if not audio.is_file():
             return policy.bad(where, E.TRANSCRIPT_WITHOUT_AUDIO, f"{audio} not found")
-        rec = probe_recording(audio, Path(name).stem, policy, self.expected_sample_rates)
+        rec = probe_recording(audio, uid, policy, self.expected_sample_rates)
         if rec is None:
             return None
         custom = {"corpus": "commonvoice", "subset": self.split, "locale": self.locale}

@@ -195,7 +195,8 @@ class Corpus:
         self.skipped, self.notes = Counter(policy.skipped), Counter(policy.notes)
         policy.log_summary(logger)
         if next(iter(cuts), None) is None:  # reads one line, not the whole manifest
-            raise E.BadInputError(self.root, E.NO_UTTERANCES, f"no usable utterances; {policy.summary()}")
+            why = policy.summary() or "no audio file with a transcript was found"
+            raise E.BadInputError(self.root, E.NO_UTTERANCES, f"no usable utterances; {why}")
         if self.max_minutes is not None:
             cuts = subset_by_minutes(cuts, self.max_minutes, self.seed)
         return cuts

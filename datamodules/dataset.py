@@ -8,8 +8,12 @@ returns the batch dict of ARCHITECTURE.md (see ``datamodules.batch``).
 Bad input (``on_bad_input``): ``"error"`` raises ``BadInputError`` naming the utterance/file and
 the reason; ``"skip"`` drops the utterance, counts it per reason (``.skipped``) and logs it.
 Label problems (and clips too short for their CTC label, counted with the model backbone's exact
-frames, ``ctc_check``) are found before sampling by ``check_labels`` so the sampler never builds a batch
-around an unusable utterance; audio that fails to decode can only be found at load time.
+frames, ``ctc_check``), clips longer than a batch (``max_duration``) and implausible speaking rates are
+found before sampling by ``check_labels`` so the sampler never builds a batch around an unusable
+utterance; audio that fails to decode (or decodes to NaN/inf) can only be found at load time. Load-time
+skips travel with the batch (``batch["load_skips"]``, a :class:`LoadSkips` record, so counts from
+DataLoader workers reach the main process); ``sampling.CountingDataLoader`` removes the record, sums it
+and drops a batch whose every utterance was skipped: a skip-mode run never stops on bad audio.
 """
 
 from __future__ import annotations
@@ -32,15 +36,51 @@ from torch.utils.data import Dataset
 from datamodules.augment import WaveformAugmentation
 from datamodules.batch import SAMPLE_RATE, audio_key, make_batch
 from datamodules.ctc_check import FrameCounter, frames_and_needs
-from datamodules.errors import BadInputError, check_on_bad_input
+from datamodules.errors import DUPLICATE_ID, NON_FINITE_AUDIO, BadInputError, check_on_bad_input
 from datamodules.manifest_cache import derive_manifest, ids_digest, raw_cut_dicts
+from datamodules.probe import first_line
 
 log = logging.getLogger(__name__)
 
 OOV = "oov_character"
 EMPTY_LABEL = "empty_label"
 TOO_SHORT = "too_short_for_ctc"
+TOO_LONG = "longer_than_max_duration"
+FAST_SPEECH = "implausible_speaking_rate"
 DECODE_FAILED = "audio_decode_failed"
+LOAD_SKIPS = "load_skips"
+# Read speech runs at ~15 normalised characters (spaces included) per second, fast speakers ~20: a clip
+# with more is almost surely cut short (e.g. an MP3 truncated after the frame its header counts from)
+# or paired with the wrong transcript.
+MAX_CHARS_PER_SECOND = 25.0
+# Not errors of the data but of a batch (too long for ``max_duration``) or a suspicion (speaking rate):
+# counted skips with a warning under either ``on_bad_input``.
+ALWAYS_SKIPPED = (TOO_LONG, FAST_SPEECH)
+
+
+class LoadSkips:
+    """Load-time skips: ``counts`` per reason, the first ``examples`` per reason, batches left ``empty``."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+        self.empty_batches = 0
+
+    def add(self, error: BadInputError) -> None:
+        self.counts[error.reason] += 1
+        self.examples.setdefault(error.reason, str(error))
+
+    def merge(self, other: LoadSkips) -> None:
+        self.counts.update(other.counts)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
+        self.empty_batches += other.empty_batches
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skipped": dict(self.counts), "empty_batches": self.empty_batches, "examples": dict(self.examples)}
 
 
 class Tokenizer(Protocol):
@@ -110,6 +150,30 @@ def load_audio(cut: Any) -> np.ndarray:
     return cut.load_audio()
 
 
+def duration_problem(cut: Any, max_duration: float | None, max_speed: float = 1.0) -> BadInputError | None:
+    """``cut`` is longer than a whole batch (``max_duration`` seconds, after speed perturbation), or ``None``.
+
+    Such a clip cannot be batched within ``max_duration`` (on a GPU sized for it: out of memory).
+    """
+    if max_duration is None or cut.duration / min(max_speed, 1.0) <= max_duration:
+        return None
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", TOO_LONG,
+                         f"{cut.duration:.2f} s is longer than max_duration={max_duration:g} s (a batch's audio): "
+                         "raise max_duration or cut the recording")
+
+
+def rate_problem(cut: Any, text: str, max_chars_per_second: float | None) -> BadInputError | None:
+    """More than ``max_chars_per_second`` normalised characters per second of audio (None: no check): an
+    implausible speaking rate -- truncated audio (e.g. an MP3 cut short without an Info/Xing tag) or the
+    wrong transcript."""
+    rate = len(text) / max(cut.duration, 1e-6)
+    if max_chars_per_second is None or rate <= max_chars_per_second:
+        return None
+    return BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", FAST_SPEECH,
+                         f"{len(text)} characters in {cut.duration:.2f} s = {rate:.1f}/s > max_chars_per_second="
+                         f"{max_chars_per_second:g} (audio cut short, or the wrong transcript?)")
+
+
 def too_short(cut: Any, ids: list[int], frames: int, needed: int, max_speed: float) -> BadInputError:
     """The error of a clip whose encoder frames (exact, from the backbone) cannot hold its CTC label."""
     speed = f" at speed {max_speed:g}" if max_speed != 1.0 else ""
@@ -128,55 +192,77 @@ class ExcludeIds:
         return cut.id not in self.ids
 
 
-def check_labels(cuts: CutSet, tokenizer: Tokenizer, output_lengths: FrameCounter | None,
+def check_labels(cuts: CutSet, tokenizer: Tokenizer | None, output_lengths: FrameCounter | None,
                  on_bad_input: str = "error", max_speed: float = 1.0, name: str = "cuts",
-                 chunk: int = 2048) -> tuple[CutSet, Counter]:
-    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable labels.
+                 chunk: int = 2048, max_duration: float | None = None,
+                 max_chars_per_second: float | None = None) -> tuple[CutSet, Counter, dict[str, str]]:
+    """One metadata pass before sampling: drop (``"skip"``) or raise on (``"error"``) unusable utterances.
 
-    Labels that do not encode (OOV, empty) and, when ``output_lengths`` (the model backbone's exact
-    frame count, ``ctc_check``) is given, clips too short for their CTC label (at the fastest speed
-    perturbation ``max_speed``); the frames of ``chunk`` utterances are counted in one call.
+    Every cut: longer than ``max_duration``, or an id seen twice (``duplicate_id``). With a ``tokenizer``
+    (labelled data): labels that do not encode (OOV, empty), implausible speaking rates
+    (``max_chars_per_second``) and, when ``output_lengths`` (the model backbone's exact frame count,
+    ``ctc_check``) is given, clips too short for their CTC label (at the fastest speed perturbation
+    ``max_speed``); the frames of ``chunk`` utterances are counted in one call. Too long and too fast
+    (``ALWAYS_SKIPPED``) are counted skips under either policy.
 
-    Returns the kept cuts and the per-reason skip counts. Nothing dropped: ``cuts`` itself. Else a
-    lazily opened manifest written next to the one ``cuts`` reads (``derive_manifest``; it keeps
-    ``len()``), or an in-memory filter of a CutSet that was not read from a file.
+    Returns the kept cuts, the per-reason skip counts and the first skip message per reason. Nothing
+    dropped: ``cuts`` itself. Else a lazily opened manifest written next to the one ``cuts`` reads
+    (``derive_manifest``; it keeps ``len()``), or an in-memory filter of a CutSet not read from a file.
     """
     check_on_bad_input(on_bad_input)
     bad: set[str] = set()
+    seen: set[str] = set()
     skipped: Counter = Counter()
+    examples: dict[str, str] = {}
 
     def report(cut: Any, problem: BadInputError) -> None:
-        if on_bad_input == "error":
+        if on_bad_input == "error" and problem.reason not in ALWAYS_SKIPPED:
             raise problem
         bad.add(cut.id)
         skipped[problem.reason] += 1
+        examples.setdefault(problem.reason, str(problem))
         log.debug("%s: skipped %s", name, problem)
 
-    def check_lengths(pending: list[tuple[Any, list[int]]]) -> None:
-        samples = [compute_num_samples(cut.duration, SAMPLE_RATE) for cut, _ in pending]
-        frames, needs = frames_and_needs(samples, [ids for _, ids in pending], output_lengths, max_speed)
-        for (cut, ids), n, need in zip(pending, frames, needs):
-            if n < need:
-                report(cut, too_short(cut, ids, n, need, max_speed))
+    def check_lengths(pending: list[tuple[Any, str, list[int]]]) -> None:
+        """Too short for CTC (exact frames) first: the precise reason wins over the speaking-rate suspicion."""
+        samples = [compute_num_samples(cut.duration, SAMPLE_RATE) for cut, _, _ in pending]
+        frames, needs = frames_and_needs(samples, [ids for _, _, ids in pending], output_lengths, max_speed)
+        for (cut, text, ids), n, need in zip(pending, frames, needs):
+            problem = too_short(cut, ids, n, need, max_speed) if n < need else rate_problem(cut, text,
+                                                                                           max_chars_per_second)
+            if problem is not None:
+                report(cut, problem)
 
-    pending: list[tuple[Any, list[int]]] = []
+    pending: list[tuple[Any, str, list[int]]] = []
     for cut in cuts:
-        try:
-            _, ids = encode_label(cut, tokenizer)
-        except BadInputError as problem:
+        problem = duration_problem(cut, max_duration, max_speed)
+        if problem is None and cut.id in seen:
+            problem = BadInputError(f"utterance {cut.id!r} ({cut_path(cut)})", DUPLICATE_ID,
+                                    "the manifest holds this utterance id more than once")
+        seen.add(cut.id)
+        if problem is None and tokenizer is not None:
+            try:
+                text, ids = encode_label(cut, tokenizer)
+            except BadInputError as error:
+                problem = error
+            else:
+                if output_lengths is not None:
+                    pending.append((cut, text, ids))
+                    if len(pending) == chunk:
+                        check_lengths(pending)
+                        pending = []
+                    continue
+                problem = rate_problem(cut, text, max_chars_per_second)
+        if problem is not None:
             report(cut, problem)
-            continue
-        if output_lengths is not None:
-            pending.append((cut, ids))
-            if len(pending) == chunk:
-                check_lengths(pending)
-                pending = []
     if pending:
         check_lengths(pending)
     if skipped:
-        log.warning("%s: skipped %d utterance(s) with unusable labels (%s)", name, len(bad),
-                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())))
-    return (derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts), skipped
+        log.warning("%s: skipped %d utterance(s) (%s) - first of each: %s", name, sum(skipped.values()),
+                    ", ".join(f"{r}={n}" for r, n in sorted(skipped.items())),
+                    "; ".join(examples[r] for r in sorted(examples)))
+    kept = derive_manifest(cuts, f"labels-{ids_digest(bad)}", ExcludeIds(bad)) if bad else cuts
+    return kept, skipped, examples
 
 
 class SpeechDataset(Dataset):
@@ -203,8 +289,18 @@ class SpeechDataset(Dataset):
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.sample_rate, self.seed = sample_rate, seed
         self.skipped: Counter = Counter()  # per process (DataLoader workers count their own)
+        self._batch_skips: LoadSkips | None = None
 
     def __getitem__(self, cuts: CutSet) -> dict[str, Any]:
+        """The batch dict; with skips, ``batch["load_skips"]`` (:class:`LoadSkips`). Every utterance
+        skipped: ``{"ids": [], "load_skips": ...}`` (dropped by ``CountingDataLoader``)."""
+        self._batch_skips = LoadSkips()
+        batch = self._build(cuts)
+        if self._batch_skips.total():
+            batch[LOAD_SKIPS] = self._batch_skips
+        return batch
+
+    def _build(self, cuts: CutSet) -> dict[str, Any]:
         cuts = cuts.map(self._resampled) if any(c.sampling_rate != self.sample_rate for c in cuts) else cuts
         keys = {c.id: audio_key(c) for c in cuts}
         paths = {c.id: cut_path(c) for c in cuts}
@@ -222,9 +318,9 @@ class SpeechDataset(Dataset):
             if label is not None:
                 texts.append(label[0])
                 token_ids.append(label[1])
-        if not kept:
-            raise BadInputError(", ".join(sorted(paths.values())), "empty_batch",
-                                "every utterance of this batch was skipped as bad input")
+        if not kept:  # (skip mode: under "error" the first bad utterance raised)
+            self._batch_skips.empty_batches += 1
+            return {"ids": []}
         if self.augment is not None:
             waves = self.augment.apply_to_waves(waves, rng)
         return make_batch(waves, kept, [keys[i] for i in kept], self.domain,
@@ -244,14 +340,21 @@ class SpeechDataset(Dataset):
         try:
             audio = torch.from_numpy(load_audio(cut)).to(torch.float32)
         except Exception as e:  # any decoder failure: name the file
-            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {type(e).__name__}: {e}")) or None
+            return self._bad(BadInputError(path, DECODE_FAILED, f"utterance {cut.id!r}: {first_line(e)}")) or None
         if audio.dim() == 2:  # (channels, T): a MonoCut loads (1, T), a MultiCut (C, T)
             audio = audio[0] if audio.shape[0] == 1 else audio.mean(dim=0)
+        finite = torch.isfinite(audio)
+        if not bool(finite.all()):
+            n = int((~finite).sum())
+            return self._bad(BadInputError(path, NON_FINITE_AUDIO, f"utterance {cut.id!r}: {n} of {audio.numel()} "
+                                           "samples are NaN or infinite")) or None
         return audio
 
     def _bad(self, error: BadInputError) -> bool:
         if self.on_bad_input == "error":
             raise error
         self.skipped[error.reason] += 1
+        if self._batch_skips is not None:
+            self._batch_skips.add(error)
         log.warning("skipped %s", error)
         return False

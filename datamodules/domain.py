@@ -119,6 +119,9 @@ class DomainAdaptationDataModule(ASRDataModule):
         """Target training cuts: label-checked if ``target_labels``, else as scanned."""
         return self._train_cuts("target_train", self.target_train_corpus, self.target_labels)
 
+    def named_corpora(self) -> dict[str, Corpus]:
+        return {**super().named_corpora(), "target_train": self.target_train_corpus}
+
     def describe(self) -> dict[str, str | None]:
         """``{"source": <source train>, "target": <target train, "(unlabelled)" unless target_labels>}``."""
         return {"source": describe_training(self.train_corpus, True),
@@ -141,8 +144,9 @@ class DomainAdaptationDataModule(ASRDataModule):
         """Paired loader; ``train_batches_per_epoch`` (inherited) counts the source sampler's batches."""
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
         loader = PairedLoader(
-            self._training_loader(self.train_cuts(), True, "source", rank, world_size),
-            self._training_loader(self.target_train_cuts(), self.target_labels, "target", rank, world_size))
+            self._training_loader(self.train_cuts(), True, "source", rank, world_size, "train"),
+            self._training_loader(self.target_train_cuts(), self.target_labels, "target", rank, world_size,
+                                  "target_train"))
         if (resume := self._take_resume(world_size)) is not None:
             loader.fast_forward(resume["epoch"], resume["batches"])
         self.train_loader, self.train_sampler = loader, loader.sampler

@@ -50,11 +50,10 @@ from datamodules.asr import ASRDataModule, minutes
 from datamodules.base import Tokenizer
 from datamodules.batch import domain_id
 from datamodules.corpus_base import Corpus
-from datamodules.dataset import SpeechDataset
-from datamodules.sampling import make_loader, resolve_rank
+from datamodules.dataset import LOAD_SKIPS, LoadSkips, SpeechDataset
+from datamodules.sampling import CountingDataLoader, make_loader, resolve_rank
 from datamodules.tasks import (EpisodePlan, TaskSplit, Unit, drop_small, eval_episode, fits, group_tasks,
                                resolve_names, split_tasks, train_episodes)
-from datamodules.text import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 FEWSHOT_DOMAIN = "fewshot/k{k:g}"  # few-shot test loader names: metrics test/fewshot/k<k>/{wer,cer,loss}
@@ -145,6 +144,38 @@ class EpisodeDataset(Dataset):
 
     def _batch(self, ids: tuple[str, ...]) -> dict[str, Any]:
         return self.speech[CutSet.from_cuts([self.cuts[i] for i in ids])]
+
+
+class EpisodeLoader(CountingDataLoader):
+    """``CountingDataLoader`` for episodes (one, or a list: this rank's share of a meta-batch): the load-time
+    skips of every support and query batch add up in ``load_skips``; an episode whose query lost every
+    utterance is dropped (logged, counted in ``empty_batches``), a support that lost them all becomes None
+    (k = 0) and ``shots`` counts the support utterances actually loaded. Under DDP a rank left without an
+    episode drops its batch (see ``CountingDataLoader``): prefer ``on_bad_input: error`` or clean data there."""
+
+    def __iter__(self):
+        for item in DataLoader.__iter__(self):
+            episodes = [e for e in (item if isinstance(item, list) else [item]) if self._counted(e)]
+            if episodes:
+                yield episodes if isinstance(item, list) else episodes[0]
+
+    def _counted(self, episode: dict[str, Any]) -> bool:
+        """Take the skip records out of ``episode``; False when its query is empty."""
+        for part in ("support", "query"):
+            batch = episode[part]
+            record = batch.pop(LOAD_SKIPS, None) if batch is not None else None
+            if record is None:
+                continue
+            self.load_skips.merge(record)
+            if not batch.get("ids"):
+                if part == "query":
+                    self.load_skips.empty_batches += 1
+                    log.warning("dropped an episode of task %s: every query utterance was skipped (%s)",
+                                episode["task"], ", ".join(f"{r}={n}" for r, n in sorted(record.counts.items())))
+                    return False
+                episode["support"] = None
+        episode["shots"] = 0 if episode["support"] is None else len(episode["support"]["ids"])
+        return True
 
 
 class EpisodicDataModule(ASRDataModule):
@@ -275,7 +306,7 @@ class EpisodicDataModule(ASRDataModule):
         if (resume := self._take_resume(world_size)) is not None:
             sampler.fast_forward(resume["epoch"], resume["batches"])
         self.train_sampler = sampler
-        return self._episode_loader(sampler, None, train=True)
+        return self._episode_loader(sampler, None, "train")
 
     def val_dataloader(self, rank: int | None = None, world_size: int | None = None) -> list[DataLoader]:
         return [self._eval_loader_for("val", self.eval_shots, rank, world_size)]
@@ -309,21 +340,25 @@ class EpisodicDataModule(ASRDataModule):
         if len(plans) < world_size:
             raise ValueError(f"meta-{split} has {len(plans)} task(s) for {world_size} ranks: every rank needs at least "
                              "one task (a rank without one never syncs its metrics); name more tasks or use fewer devices")
-        return self._episode_loader(plans[rank::world_size], self.adapt, train=False)
+        name = self.eval_name if split == "val" or not self.test_shots else FEWSHOT_DOMAIN.format(k=shots)
+        return self._episode_loader(plans[rank::world_size], self.adapt, f"{split}/{name}")
 
-    def _episode_loader(self, sampler: Any, adapt: dict | None, train: bool) -> DataLoader:
+    def _episode_loader(self, sampler: Any, adapt: dict | None, name: str) -> DataLoader:
+        """An ``EpisodeLoader`` named ``name`` ("train", "val/<eval_name>", "test/fewshot/k5", ...): its
+        load-time skips accumulate in ``self.load_skips[name]`` (the bad-input report)."""
+        train = name == "train"
         speech = SpeechDataset(self.tokenizer, labels=True, domain=domain_id(self.domain),
                                augment=self.augment if train else None, on_bad_input=self.on_bad_input, seed=self.seed)
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
-        return make_loader(EpisodeDataset(self._tasks[2], speech, adapt), sampler, num_workers=self.num_workers,
-                           pin_memory=pin)
+        loader = make_loader(EpisodeDataset(self._tasks[2], speech, adapt), sampler, num_workers=self.num_workers,
+                             pin_memory=pin, loader_class=EpisodeLoader)
+        loader.load_skips = self.load_skips.setdefault(name, LoadSkips())
+        return loader
 
     # -- tokenizer -------------------------------------------------------------------------------
     def _load_or_build_tokenizer(self) -> Tokenizer:
         if self.tokenizer_path is not None and str(self.tokenizer_path).endswith(".ckpt"):
-            checkpoint = torch.load(self.tokenizer_path, map_location="cpu", mmap=True, weights_only=False)
-            tokenizer = (checkpoint.get("hyper_parameters") or {}).get("tokenizer")
-            if tokenizer is None:
-                raise ValueError(f"{self.tokenizer_path}: no hyper_parameters['tokenizer'] (not a speechxfer checkpoint)")
-            return tokenizer_from_dict(tokenizer)
+            from lightning_modules.checkpoint import load_tokenizer  # weights-only read of the checkpoint
+
+            return load_tokenizer(self.tokenizer_path)
         return super()._load_or_build_tokenizer()

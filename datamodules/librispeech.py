@@ -21,9 +21,17 @@ from datamodules.manifest_cache import walk_files
 from datamodules.probe import probe_recording
 
 
-def chapter_dirs(subset_dir: Path) -> Iterator[tuple[Path, list[Path], list[Path]]]:
-    """``(directory, flac files, transcript files)`` for every directory holding either, sorted."""
-    for dirpath, dirnames, filenames in os.walk(subset_dir):
+def chapter_dirs(subset_dir: Path, policy: E.BadInputPolicy) -> Iterator[tuple[Path, list[Path], list[Path]]]:
+    """``(directory, flac files, transcript files)`` for every directory holding either, sorted.
+
+    A directory that cannot be listed (permissions) is bad input (``unreadable_directory``): its
+    utterances would otherwise vanish without a word.
+    """
+
+    def unreadable(err: OSError) -> None:
+        policy.bad(err.filename, E.UNREADABLE_DIR, f"cannot list it ({err.strerror}): its utterances are not scanned")
+
+    for dirpath, dirnames, filenames in os.walk(subset_dir, onerror=unreadable):
         dirnames.sort()
         flacs = [Path(dirpath) / n for n in sorted(filenames) if n.endswith(".flac")]
         trans = [Path(dirpath) / n for n in sorted(filenames) if n.endswith(".trans.txt")]
@@ -90,13 +98,13 @@ class LibriSpeechCorpus(Corpus):
             yield from walk_files(subset_dir, (".flac", ".trans.txt"), self.base)
 
     def _scan(self, state: list[tuple[str, Path]], policy: E.BadInputPolicy) -> list[DataCut]:
-        cuts = []
+        cuts, first_seen = [], {}  # utterance id -> its FLAC: ids must be unique across subsets
         for subset, subset_dir in state:
-            for directory, flacs, transcripts in chapter_dirs(subset_dir):
-                cuts += self._scan_chapter(subset, directory, flacs, transcripts, policy)
+            for directory, flacs, transcripts in chapter_dirs(subset_dir, policy):
+                cuts += self._scan_chapter(subset, directory, flacs, transcripts, policy, first_seen)
         return cuts
 
-    def _scan_chapter(self, subset, directory, flacs, transcripts, policy) -> list[DataCut]:
+    def _scan_chapter(self, subset, directory, flacs, transcripts, policy, first_seen) -> list[DataCut]:
         texts, seen = self._read_transcripts(transcripts, policy)
         audio = {p.name[: -len(".flac")]: p for p in flacs}
         custom = {"corpus": "librispeech", "subset": subset, "chapter": directory.name}
@@ -109,7 +117,10 @@ class LibriSpeechCorpus(Corpus):
                 if uid not in seen:  # its transcript line was bad and is already reported
                     detail = f"no line for {uid} in {directory}/*.trans.txt"
                     policy.bad(audio[uid], E.AUDIO_WITHOUT_TRANSCRIPT, detail)
+            elif uid in first_seen:
+                policy.bad(audio[uid], E.DUPLICATE_ID, f"utterance id {uid} is also {first_seen[uid]}")
             else:
+                first_seen[uid] = audio[uid]
                 rec = probe_recording(audio[uid], uid, policy, self.expected_sample_rates)
                 if rec is not None:
                     cuts.append(make_cut(rec, texts[uid][1], directory.parent.name, "en", custom))
@@ -120,7 +131,12 @@ class LibriSpeechCorpus(Corpus):
         """``{uid: (file:line, text)}`` and every uid mentioned (bad lines included)."""
         texts, seen = {}, set()
         for path in transcripts:
-            for lineno, line, problem in read_text_lines(path):
+            try:
+                lines = read_text_lines(path)
+            except OSError as err:
+                policy.bad(path, E.UNREADABLE_FILE, f"cannot read it ({err.strerror or err})")
+                continue
+            for lineno, line, problem in lines:
                 where = f"{path}:{lineno}"
                 parts = line.strip().split(maxsplit=1)
                 seen.add(parts[0])

@@ -49,12 +49,22 @@ def stat_entry(path: Path, base: Path) -> tuple[str, int | None, int | None]:
 
 
 def walk_files(directory: Path, suffixes: tuple[str, ...], base: Path) -> Iterator[tuple]:
-    """``stat_entry`` of every file under ``directory`` whose name ends with one of ``suffixes``, sorted."""
-    for dirpath, dirnames, filenames in os.walk(directory):
+    """``stat_entry`` of every file under ``directory`` whose name ends with one of ``suffixes``, sorted.
+
+    A directory that cannot be listed yields ``("unreadable", relative path, errno)``: fixing its
+    permissions changes the fingerprint (the scan, which reports it, runs again).
+    """
+    unreadable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable.append):
+        for err in unreadable:
+            yield "unreadable", os.path.relpath(err.filename, base), err.errno
+        unreadable.clear()
         dirnames.sort()
         for name in sorted(filenames):
             if name.endswith(suffixes):
                 yield stat_entry(Path(dirpath) / name, base)
+    for err in unreadable:
+        yield "unreadable", os.path.relpath(err.filename, base), err.errno
 
 
 def fingerprint(config: dict, entries: Iterable) -> str:

@@ -10,13 +10,18 @@ Policies (documented in ``datamodules/corpora.py``), the same for corpora and fo
 given to ``ASRDataModule(predict=...)`` / ``speechxfer transcribe`` (:func:`audio_file_cut`):
 - multichannel audio is kept as a lhotse ``MultiCut`` and downmixed to mono (mean of the channels)
   when ``SpeechDataset`` loads it; counted as a note (``multichannel_audio``);
-- an unexpected sample rate is kept, resampled lazily to ``SAMPLE_RATE`` and counted as a note.
+- an unexpected sample rate is kept, resampled lazily to ``SAMPLE_RATE`` and counted as a note;
+- NaN/inf samples in the decoded tail (float WAV/FLAC) are bad input (``non_finite_audio``); NaN/inf
+  elsewhere in the file is found when the audio is loaded for training (``SpeechDataset``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 from lhotse import Recording
 from lhotse.cut.data import DataCut
@@ -32,22 +37,37 @@ TAIL_TOLERANCE_SECONDS = 0.02
 UNKNOWN_LENGTH = 2**62
 
 
+_BACKEND_ERROR = re.compile(r"^Exception #\d+ \(<class '[^']*'>\): <class '([^']*)'>: (.*)$")
+
+
 def first_line(exc: BaseException) -> str:
+    """The decoder's reason for ``exc``: lhotse's "failed. Details:" messages list one exception per
+    audio backend; the first backend's message is the informative one (libsndfile's)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    for line in text.splitlines():
+        match = _BACKEND_ERROR.match(line.strip())
+        if match and match.group(2).strip():
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2).strip()}"
+    return text.splitlines()[0]
 
 
-def tail_decodes(path: Path, num_frames: int, sample_rate: int) -> str | None:
-    """Decode the last ``TAIL_SECONDS`` of ``path``; ``None`` if fine, else why not."""
+def tail_problem(path: Path, num_frames: int, sample_rate: int) -> tuple[str, str] | None:
+    """Decode the last ``TAIL_SECONDS`` of ``path``; ``None`` if fine, else ``(reason, detail)``."""
     want = min(num_frames, max(1, int(TAIL_SECONDS * sample_rate)))
     try:
         with sf.SoundFile(str(path)) as f:
             f.seek(num_frames - want)
-            got = f.read(want, dtype="float32", always_2d=True).shape[0]
+            tail = f.read(want, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises on a FLAC whose frames stop early
-        return f"decoding its last {want} frames failed ({first_line(exc)})"
+        return E.TRUNCATED_AUDIO, f"decoding its last {want} frames failed ({first_line(exc)})"
+    got = tail.shape[0]
     if got < want - int(TAIL_TOLERANCE_SECONDS * sample_rate):
-        return f"header says {num_frames} frames but only {num_frames - want + got} decode"
+        return E.TRUNCATED_AUDIO, f"header says {num_frames} frames but only {num_frames - want + got} decode"
+    finite = np.isfinite(tail)
+    if not finite.all():
+        return E.NON_FINITE_AUDIO, f"{int((~finite).sum())} of its last {tail.size} samples are NaN or infinite"
     return None
 
 
@@ -82,6 +102,9 @@ def probe_recording(
     outside ``expected_sample_rates`` is a note (``None``: any rate is expected; either way the cut is
     resampled to ``SAMPLE_RATE``).
     """
+    if not os.access(path, os.R_OK):
+        policy.bad(path, E.UNREADABLE_FILE, "permission denied")
+        return None
     if path.stat().st_size == 0:
         policy.bad(path, E.EMPTY_FILE, "file has 0 bytes")
         return None
@@ -99,9 +122,9 @@ def probe_recording(
     if rec.num_samples == 0:
         policy.bad(path, E.EMPTY_AUDIO, "audio has 0 samples")
         return None
-    problem = tail_decodes(path, rec.num_samples, rec.sampling_rate)
+    problem = tail_problem(path, rec.num_samples, rec.sampling_rate)
     if problem is not None:
-        policy.bad(path, E.TRUNCATED_AUDIO, problem)
+        policy.bad(path, *problem)
         return None
     if expected_sample_rates is not None and rec.sampling_rate not in expected_sample_rates:
         policy.note(

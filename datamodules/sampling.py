@@ -35,6 +35,8 @@ from lhotse.dataset.sampling.dynamic_bucketing import DynamicBucketingSampler, e
 from lhotse.lazy import LazySlicer
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.dataset import LOAD_SKIPS, LoadSkips
+
 log = logging.getLogger(__name__)
 
 
@@ -210,10 +212,38 @@ def resolve_rank(trainer: Any = None, rank: int | None = None, world_size: int |
     return 0, 1
 
 
+class CountingDataLoader(DataLoader):
+    """``DataLoader`` that sums the load-time skips every batch reports and drops batches left empty.
+
+    ``SpeechDataset`` puts a ``LoadSkips`` record under ``batch["load_skips"]`` (it comes from the
+    worker process that built the batch); this loader removes it from the batch, adds it to
+    ``self.load_skips`` (which the datamodule reads) and does not yield a batch whose every utterance
+    was skipped. Under DDP a dropped batch shortens that rank's epoch by one: the ranks then wait
+    for each other at the epoch end, so prefer ``on_bad_input: error`` or clean data for multi-GPU runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.load_skips = LoadSkips()
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            record = batch.pop(LOAD_SKIPS, None) if isinstance(batch, dict) else None
+            if record is not None:
+                self.load_skips.merge(record)
+                if not batch.get("ids"):
+                    log.warning("dropped a batch: every utterance of it was skipped (%s)",
+                                ", ".join(f"{r}={n}" for r, n in sorted(record.counts.items())))
+                    continue
+            yield batch
+
+
 def make_loader(dataset: Dataset, sampler: DurationBucketingSampler, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """lhotse-style loader: the sampler yields CutSets, the dataset turns each into a batch dict."""
-    return DataLoader(
+                pin_memory: bool = False, loader_class: type[CountingDataLoader] = CountingDataLoader
+                ) -> CountingDataLoader:
+    """lhotse-style loader: the sampler yields CutSets, the dataset turns each into a batch dict
+    (``loader_class``: a ``CountingDataLoader`` subclass, e.g. ``datamodules.episodic.EpisodeLoader``)."""
+    return loader_class(
         dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
         persistent_workers=num_workers > 0, pin_memory=pin_memory,
         # worker seeds come from this generator, not the global RNG, so resuming a run

@@ -2,6 +2,6 @@
 
 import sys
 
-from experiments.cli import main
+from experiments.entry import main
 
 sys.exit(main())

@@ -41,6 +41,7 @@ from datamodules.episodic import EpisodicDataModule
 from datamodules.probe import probe_recording
 from datamodules.tasks import eval_episode, group_tasks, resolve_names
 from experiments.transcribe import AUDIO_SUFFIXES, expand_inputs
+from lightning_modules.checkpoint_io import read_checkpoint
 
 DROPPED_KEYS = ("optimizer_states", "lr_schedulers")
 
@@ -90,9 +91,10 @@ def support_from_data(data: Corpus | EpisodicDataModule, task: str, task_key: st
         name = resolve_names([task], sorted(tasks), "--task")[0]
         plan = data.task_episode(name, len(tasks[name]) if shots is None else shots)
         return list(data.cuts_of(plan.support)), plan.task
-    cuts, skipped = check_labels(data.cuts(), model.tokenizer, model.backbone.output_lengths, "skip")
+    cuts, skipped, examples = check_labels(data.cuts(), model.tokenizer, model.backbone.output_lengths, "skip")
     if skipped:
-        print(f"warning: skipped {sum(skipped.values())} support utterance(s): {dict(skipped)}", file=sys.stderr)
+        print(f"warning: skipped {sum(skipped.values())} support utterance(s): {dict(skipped)}; first: "
+              f"{'; '.join(examples.values())}", file=sys.stderr)
     tasks, _ = group_tasks(cuts, task_key or "speaker")
     name = resolve_names([task], sorted(tasks), "--task")[0]
     utts = tasks[name]
@@ -103,7 +105,7 @@ def support_from_data(data: Corpus | EpisodicDataModule, task: str, task_key: st
 
 def write_adapted(ckpt: Path, fast: dict[str, torch.Tensor], record: dict, out: Path) -> Path:
     """``ckpt`` with the adapted weights, the adaptation record and no optimizer/scheduler state."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(ckpt)  # weights only
     state = checkpoint["state_dict"]
     missing = sorted(set(fast) - set(state))
     if missing:

@@ -5,8 +5,15 @@ Training subcommands are LightningCLI's, driven by one YAML per experiment::
     speechxfer fit --config experiments/quickstart.yaml
     speechxfer fit --config experiments/quickstart.yaml --print_config
     speechxfer fit --config experiments/quickstart.yaml --model.init_args.lr 3e-4 --trainer.max_steps 200
-    speechxfer fit --config experiments/quickstart.yaml --run_name r1 --ckpt_path last   # resume
+    speechxfer fit --config experiments/quickstart.yaml --run_name r1 --ckpt_path last   # resume (must exist)
+    speechxfer fit --config experiments/quickstart.yaml --ckpt_path last_if_any   # resume if possible, else start
     speechxfer validate|test --config experiments/quickstart.yaml --ckpt_path runs/.../best.ckpt
+
+``--ckpt_path last`` resumes the newest run of the experiment that has ``checkpoints/last.ckpt`` (or
+the ``--run_name`` run) and is an error when there is none; ``last_if_any`` starts fresh instead.
+Checkpoints are written atomically and loaded weights-only (``lightning_modules.checkpoint_io``).
+A bad input file or checkpoint ends the command with a short message (file, reason, what to do) and
+exit status 2; for a fit stopped for a SLURM requeue see ``experiments/slurm_signal.py``.
 
 Tools with their own arguments::
 
@@ -21,17 +28,30 @@ Tools with their own arguments::
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.plugins.io import CheckpointIO
 
+from datamodules.atomic import remove_stale_temps, write_text_atomic
 from datamodules.base import SpeechDataModule
 from datamodules.locales import monitored_metric
-from experiments.runs import checkpoint_callbacks, default_loggers, resolve_run_dir
+from experiments.errors import report_user_error
+from experiments.runs import (
+    checkpoint_callbacks,
+    default_loggers,
+    is_launching_process,
+    link_latest,
+    resolve_run_dir,
+    resume_checkpoint,
+)
+from experiments.slurm_signal import finish_for_requeue, in_slurm_batch_job
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 
 TOOLS = {  # name -> module whose main(argv) runs it
     "transcribe": "experiments.transcribe",
@@ -49,6 +69,29 @@ TRAINER_DEFAULTS = {
 
 def _tokenizer_dict(datamodule: SpeechDataModule) -> dict:
     return datamodule.tokenizer.to_dict()
+
+
+class AtomicSaveConfig(SaveConfigCallback):
+    """Writes the resolved ``config.yaml`` into the run dir atomically (never a 0-byte file on a full disk)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        write_text_atomic(Path(trainer.default_root_dir) / self.config_filename, text)
+
+
+def checkpoint_io(trainer_config: dict, run_dir: Path | None) -> list:
+    """``trainer.plugins`` plus :class:`AtomicCheckpointIO` unless the config brings its own CheckpointIO."""
+    plugins = trainer_config.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        return plugins
+    checkpoints = run_dir / "checkpoints" if run_dir is not None else None
+
+    def on_saved(path: Path) -> None:  # rank 0: `latest` follows a run once it has a checkpoint
+        if checkpoints is not None and path.parent == checkpoints:
+            link_latest(run_dir)
+
+    return [*plugins, AtomicCheckpointIO(on_saved=on_saved)]
 
 
 class SpeechCLI(LightningCLI):
@@ -70,17 +113,37 @@ class SpeechCLI(LightningCLI):
         )
         parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the hyper-parameters of ``--ckpt_path`` (weights only); a refused or corrupt file
+        gets ``read_checkpoint``'s message naming it instead of a bare ``UnpicklingError``."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            config = self.config[self.config.subcommand]
+            trusted = config.get("weights_only") is False
+            read_checkpoint(config.get("ckpt_path"), trusted=trusted)  # raises CheckpointLoadError
+            if not trusted:
+                raise
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         callbacks += self._get(self.config_init, "callbacks", default=None) or []
+        self.resume_from = config.get("ckpt_path")
         if trainer_config.get("fast_dev_run"):
+            trainer_config["plugins"] = checkpoint_io(trainer_config, None)
             return self._instantiate_trainer(trainer_config, callbacks)
 
-        resume_last = str(config.get("ckpt_path")) == "last"
+        ckpt_path = config.get("ckpt_path")
+        resume_last = str(ckpt_path) in ("last", "last_if_any")
         run_dir = resolve_run_dir(config.runs_dir, config.experiment, config.run_name, resume_last)
+        self.resume_from = resume_checkpoint(run_dir, ckpt_path) if self.subcommand == "fit" else ckpt_path
+        if is_launching_process():  # leftovers of a killed writer (nobody else writes here yet)
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_stale_temps(folder)
         trainer_config["default_root_dir"] = str(run_dir)
+        trainer_config["plugins"] = checkpoint_io(trainer_config, run_dir)
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = default_loggers(
                 run_dir, config.experiment, run_tags(self.model, self.datamodule), config.wandb, config.wandb_project
@@ -88,12 +151,24 @@ class SpeechCLI(LightningCLI):
         user_callbacks = trainer_config.get("callbacks") or []
         callbacks += default_callbacks(user_callbacks + callbacks, with_logger=bool(trainer_config["logger"]))
         if trainer_config.get("enable_checkpointing", True) is not False and not any(
-            type(cb).__name__ == "ModelCheckpoint" for cb in user_callbacks
+            isinstance(cb, ModelCheckpoint) for cb in user_callbacks
         ):
             callbacks += checkpoint_callbacks(
                 run_dir, monitored_metric(self.datamodule), config.checkpoint_every_n_steps
             )
         return self._instantiate_trainer(trainer_config, callbacks)
+
+    def fit(self, model: LightningModule, datamodule: SpeechDataModule | None = None,
+            ckpt_path: str | None = None, **kwargs) -> None:
+        """``Trainer.fit`` with ``--ckpt_path last`` / ``last_if_any`` resolved to the run's ``last.ckpt``."""
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=self.resume_from, **kwargs)
+
+    @property
+    def stopped_for_requeue(self) -> bool:
+        """True when ``callbacks.SlurmRequeue`` stopped this fit to be requeued."""
+        from callbacks import SlurmRequeue
+
+        return any(isinstance(cb, SlurmRequeue) and cb.stopped_for_requeue for cb in self.trainer.callbacks)
 
 
 def default_callbacks(present: list[Callback], with_logger: bool = True) -> list[Callback]:
@@ -101,15 +176,17 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     from callbacks import (
-        AudioThroughput, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue, WandbAdaptationCurve,
+        AudioThroughput, BadInputReport, NonFiniteGuard, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue,
+        WandbAdaptationCurve,
         WandbLayerWeights, WandbValidationSamples,
     )
 
     have = {type(cb) for cb in present}
     wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, WandbAdaptationCurve,
-              ResumeAtEpochEnd, RandomState]
-    if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
-        wanted.append(SlurmRequeue)  # checkpoint + requeue on sbatch --signal=SIGUSR1@90
+              ResumeAtEpochEnd, RandomState, BadInputReport,
+              NonFiniteGuard]  # NonFiniteGuard last: it sees the gradients others synced
+    if in_slurm_batch_job():
+        wanted.append(SlurmRequeue)  # checkpoint + stop for a requeue on sbatch --signal=SIGUSR1@90
     added = [cls() for cls in wanted if cls not in have]
     if with_logger and LearningRateMonitor not in have:  # lr/<param group> every log_every_n_steps
         added.append(LearningRateMonitor(logging_interval="step"))
@@ -145,21 +222,44 @@ def build_cli(
         args=list(args) if args is not None else None,
         run=run,
         trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=AtomicSaveConfig,
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         parser_kwargs={"default_env": False, "exit_on_error": exit_on_error},
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry: tools by name, everything else goes to LightningCLI."""
+    """Console entry: tools by name, everything else goes to LightningCLI.
+
+    Bad input, unloadable checkpoints and impossible resumes end with a short message (exit 2);
+    a fit stopped for a SLURM requeue: ``experiments.slurm_signal.finish_for_requeue``.
+    """
     # Denormal floats (near-silent audio, decaying LSTM/CTC gradients) are ~5x slower on x86 CPUs;
     # flushing them to zero costs no accuracy at fp32 and is a no-op on GPU kernels.
     torch.set_flush_denormal(True)
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in TOOLS:
-        return int(importlib.import_module(TOOLS[args[0]]).main(args[1:]) or 0)
-    build_cli(None if argv is None else args)
+    try:
+        if args and args[0] in TOOLS:
+            return int(importlib.import_module(TOOLS[args[0]]).main(args[1:]) or 0)
+        cli = build_cli(None if argv is None else args)
+    except Exception as err:
+        finish_wandb_run(exit_code=1)
+        code = report_user_error(err)
+        if code is None:
+            raise
+        return code
+    finish_wandb_run(exit_code=0)
+    if cli.subcommand == "fit" and cli.stopped_for_requeue:
+        return finish_for_requeue(cli.trainer.is_global_zero)
     return 0
+
+
+def finish_wandb_run(exit_code: int) -> None:
+    """Close this process's W&B run, if any (Lightning's WandbLogger leaves it open): its id is free for the
+    next session of the same training (``resume="allow"``), and an offline run records how it ended."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def load_or_compute(ckpt: Path, data_config: str, runs_dir: str, device: torch.d
     key = f"{checkpoint_fingerprint(ckpt)}-{data_fingerprint(loaders)}"
     path = Path(runs_dir) / "decode_cache" / f"{key}.pt"
     if path.is_file():
-        cache = torch.load(path, map_location="cpu", weights_only=False)
+        cache = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
         if cache.get("version") == CACHE_VERSION:
             return cache, path, False
     from lightning_modules import load_model

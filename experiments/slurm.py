@@ -8,8 +8,11 @@
 
 The script comes from ``experiments/slurm/template.sbatch`` (``string.Template``). SLURM's
 ``srun`` starts one process per device and Lightning's ``SLURMEnvironment`` picks ranks, world size
-and the master address from the SLURM environment; ``--signal=SIGUSR1@90`` + ``--requeue`` let
-Lightning checkpoint and requeue a job that reaches its time limit.
+and the master address from the SLURM environment. ``--signal=SIGUSR1@90`` + ``--requeue``: on the
+signal ``callbacks.SlurmRequeue`` saves ``checkpoints/last.ckpt`` at the next step and stops every
+rank cleanly; rank 0 writes the requeue flag file (``$SPEECHXFER_REQUEUE_FLAG``) and the script runs
+``scontrol requeue`` after ``srun`` returned. Each leg runs ``fit --ckpt_path last_if_any``, so the
+requeued job resumes from that ``last.ckpt`` in the same run dir (``runs/<experiment>/slurm-<job id>``).
 """
 
 from __future__ import annotations
@@ -90,9 +93,10 @@ def render_sbatch(
     _check_sbatch_values(job_name=job_name, time=time, partition=partition, output_dir=output_dir,
                          workdir=workdir, sbatch_args=list(sbatch_args))
 
-    # --ckpt_path last: a requeued job (same SLURM_JOB_ID, so the same run dir) resumes from the
+    # --ckpt_path last_if_any: a requeued job (same SLURM_JOB_ID, so the same run dir) resumes from the
     # last.ckpt that callbacks.SlurmRequeue saved; on the first start there is none and it starts fresh.
-    program = list(command) if command is not None else ["speechxfer", "fit", "--config", config, "--ckpt_path", "last"]
+    program = list(command) if command is not None else ["speechxfer", "fit", "--config", config, "--ckpt_path",
+                                                         "last_if_any"]
     trainer_args = f"--trainer.num_nodes={nodes} --trainer.devices={tasks_per_node} --trainer.accelerator={accelerator}"
     srun_lines = [shlex.join(program)] + ([shlex.join(extra_args)] if extra_args else []) + [trainer_args]
     fields = {

@@ -9,18 +9,21 @@ from pytorch_lightning.cli import instantiate_class
 
 from datamodules.text import tokenizer_from_dict
 from lightning_modules.backbones.base import build_backbone
+from lightning_modules.checkpoint_io import read_checkpoint
 from lightning_modules.ctc import CTCModule
 
 
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> CTCModule:
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu", trusted: bool = False) -> CTCModule:
     """Module class, backbone architecture, hyper-parameters (tokenizer included) and weights from ``ckpt_path``.
 
     ``checkpoint["speechxfer"]`` names the module class and the backbone architecture;
     ``checkpoint["hyper_parameters"]`` holds every other init argument, the tokenizer among them.
     Returns the module in eval mode; ``model.transcribe(audio (B, T), lengths (B,)) -> list[str]``.
-    Never calls ``backbone.load_pretrained()`` (the checkpoint holds every weight).
+    Never calls ``backbone.load_pretrained()`` (the checkpoint holds every weight). The file is read
+    weights-only (``lightning_modules.checkpoint_io.read_checkpoint``); ``trusted=True`` allows full
+    unpickling of this file.
     """
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    checkpoint = read_checkpoint(ckpt_path, map_location=map_location, trusted=trusted)
     info = checkpoint.get("speechxfer")
     if info is None:
         raise ValueError(f"{ckpt_path}: not a speechxfer checkpoint (no 'speechxfer' entry; "
@@ -40,7 +43,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
 def load_tokenizer(ckpt_path: str | Path):
     """The tokenizer a speechxfer checkpoint carries (its ``tokenizer`` hyper-parameter); the weights are
     memory-mapped, not read."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)  # weights only
     tokenizer = checkpoint.get("hyper_parameters", {}).get("tokenizer")
     if "speechxfer" not in checkpoint or tokenizer is None:
         raise ValueError(f"{ckpt_path}: no tokenizer in this checkpoint (not saved by speechxfer fit?)")

@@ -135,8 +135,8 @@ class TinySubstitutions:
         missing = [s for s in sorted(self.librispeech) if not (root / "LibriSpeech" / s).is_dir()]
         if missing:
             make_librispeech(root, {s: LS_COUNTS.get(s.split("-")[0], 4) for s in missing})
-            for subset in missing:  # training text must cover every character of the eval sets
-                add_librispeech_utterance(root, subset, " ".join(WORDS))
+            for chapter, subset in enumerate(missing, start=1):  # text covering every character; ids unique
+                add_librispeech_utterance(root, subset, " ".join(WORDS), chapter=chapter)
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
                 splits = (set(CV_COUNTS) | {s for loc, s in self.commonvoice if loc == locale}) - {"validated"}
@@ -212,7 +212,8 @@ def callbacks_yaml(path: Path, callbacks: list[dict]) -> Path:
 # ---------------------------------------------------------------- running the CLI
 def cli_env(**extra: str) -> dict[str, str]:
     """Subprocess environment: repo importable, W&B offline, one thread, no inherited run dir."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID")}
+    drop = ("SPEECHXFER_RUN_DIR", "SLURM_JOB_ID", "SLURM_PROCID", "WANDB_SERVICE")  # (W&B: this process's service)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
@@ -385,3 +386,56 @@ def shared_quickstart_run(tmp_path_factory) -> Path:
                  *QUICKSTART_ARGS])
         _SHARED["quickstart"] = runs / "quickstart" / "qs"
     return _SHARED["quickstart"]
+
+
+# ---------------------------------------------------------------- fault tests (issue 11)
+TINY_QUICKSTART = {
+    "model": {"init_args": {
+        "backbone": {"init_args": {"n_mels": 40, "conv_channels": 8, "hidden": 32, "num_layers": 1,
+                                   "kind": "bilstm", "subsampling": 4, "dropout": 0.0}},
+        "dropout": 0.0, "warmup_steps": 0,
+    }},
+    "data": {"init_args": {"max_duration": 4.0, "num_buckets": 2}},
+    "trainer": {"max_epochs": -1, "check_val_every_n_epoch": None, "val_check_interval": 2, "log_every_n_steps": 1},
+}
+
+
+def tiny_quickstart(work: Path, overrides: dict | None = None) -> Path:
+    """The quickstart experiment on generated tone-speech corpora under ``work``, a 1-layer model: seconds per run.
+
+    The training corpus is ``work/tiny_corpus/LibriSpeech/train-clean-100`` (damage it before running).
+    """
+    return tiny_config(EXPERIMENTS / "quickstart.yaml", work, all_data=True,
+                       overrides=deep_merge(TINY_QUICKSTART, overrides or {}))
+
+
+def fit_in_process(args: list, cwd: Path) -> int:
+    """``speechxfer fit ARGS`` in this process (``experiments.cli.main``); its exit status."""
+    from experiments.cli import main
+
+    with in_process_cli(cwd):
+        return main(["fit", *map(str, args)])
+
+
+class PoisonBatch(pl.Callback):
+    """Writes NaN into the audio of the training batch at global step ``step`` (a non-finite loss there)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch["audio"][0, :100] = float("nan")
+
+
+class RaiseAtStep(pl.Callback):
+    """Raises ``RuntimeError`` at the start of global step ``step`` (a run that fails mid-way)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"RaiseAtStep: failing at step {self.step} on purpose")

@@ -9,11 +9,17 @@ second domain.
         -> root/LibriSpeech/<subset>/<speaker>/<chapter>/<spk>-<chap>-<utt>.flac + .trans.txt
     make_commonvoice(root, "en", {"train": 12, "dev": 4, "test": 4}, sample_rate=48000)
         -> root/en/clips/*.mp3 + root/en/{train,dev,test,validated}.tsv
+
+Damaged inputs for the fault tests: ``write_non_finite_wav`` (NaN/inf samples), ``break_mid_file``
+(decodes at scan time, fails at load time), ``write_cut_short_mp3`` (audio shorter than its
+transcript), ``unreadable(...)`` (permission denied, also simulated for root).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +119,89 @@ def make_commonvoice(
 def write_tsv(path: Path, rows: list[list[str]]) -> None:
     lines = ["\t".join(CV_COLUMNS)] + ["\t".join(r) for r in rows]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- damaged files (fault tests, benchmarks/fault_sweep.py)
+def write_non_finite_wav(path: Path, text: str, where: str = "everywhere", seed: int = 0) -> Path:
+    """A float32 WAV of ``text`` with NaN and ±inf samples: every 97th sample (``"everywhere"``, found by
+    the scan's tail probe) or only in the middle fifth (``"middle"``, found when the audio is loaded).
+    Any file name works (libsndfile reads the content): ``x.flac`` gives a WAV renamed ``.flac``."""
+    wave = tone_speech(text, seed=seed).astype(np.float32)
+    n = len(wave)
+    idx = np.arange(0, n, 97) if where == "everywhere" else np.arange(2 * n // 5, 3 * n // 5, 97)
+    wave[idx] = np.nan
+    wave[idx[::3]] = np.inf
+    wave[idx[1::3]] = -np.inf
+    sf.write(str(path), wave, 16000, format="WAV", subtype="FLOAT")
+    return Path(path)
+
+
+def break_mid_file(path: Path, n_bytes: int = 2000) -> Path:
+    """Zero ``n_bytes`` in the middle of an audio file: header and tail still decode (the scan passes),
+    decoding the middle fails (``flac decoder lost sync``) when the audio is loaded."""
+    data = bytearray(Path(path).read_bytes())
+    start = len(data) // 2
+    data[start:start + n_bytes] = bytes(min(n_bytes, len(data) - start))
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
+def write_cut_short_mp3(path: Path, text: str, keep: float = 0.3, sample_rate: int = 48000, seed: int = 0) -> Path:
+    """What a truncated MP3 without an Info/Xing tag decodes to: only the first ``keep`` of the speech of
+    ``text``, complete and valid (the header's length agrees with it). Only the transcript gives it away."""
+    wave = tone_speech(text, sample_rate, shift=0.5, seed=seed)
+    sf.write(str(path), wave[: int(len(wave) * keep)], sample_rate)
+    return Path(path)
+
+
+@contextmanager
+def unreadable(*paths: Path) -> Iterator[None]:
+    """``chmod 000`` the given files/folders for the duration; permissions restored afterwards.
+
+    Root ignores permissions, so for root (CI containers) the same refusal is simulated: listing such a
+    folder (``os.scandir``, what ``os.walk`` uses), ``open``-ing or ``os.access``-ing such a file raises /
+    answers as for a user without permission.
+    """
+    import builtins
+    import errno
+    import os
+
+    targets = {str(Path(p).resolve()) for p in paths}
+    modes = {p: Path(p).stat().st_mode for p in targets}
+    for p in targets:
+        os.chmod(p, 0)
+
+    def refused(path) -> bool:
+        try:
+            return str(Path(os.fsdecode(path)).resolve()) in targets
+        except (TypeError, ValueError):
+            return False
+
+    def denied(path):
+        return PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    real_scandir, real_open, real_access = os.scandir, builtins.open, os.access
+
+    def scandir(path="."):
+        if refused(path):
+            raise denied(path)
+        return real_scandir(path)
+
+    def open_(file, *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and refused(file):
+            raise denied(file)
+        return real_open(file, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if refused(path) else real_access(path, mode, *args, **kwargs)
+
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.scandir, builtins.open, os.access = scandir, open_, access
+    try:
+        yield
+    finally:
+        if as_root:
+            os.scandir, builtins.open, os.access = real_scandir, real_open, real_access
+        for p, mode in modes.items():
+            os.chmod(p, mode)

@@ -137,20 +137,20 @@ def test_validation_samples_table_written(wandb_run):
     tables = list((wandb_run["dir"] / "files" / "media" / "table" / "val").glob("samples_*.table.json"))
     assert len(tables) == 1, tables  # one validation (end of the single epoch)
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == ["domain", "id", "audio", "reference", "hypothesis"]
+    assert table["columns"] == ["domain", "id", "audio", "audio_file", "reference", "hypothesis"]
     rows = table["data"]
     assert [r[0] for r in rows] == ["source", "source", "target", "target"]  # 2 per val dataloader
     val_texts = [b[0]["texts"][:2] for b in wandb_run["dm"].val_batches]
-    assert [r[3] for r in rows] == val_texts[0] + val_texts[1]
+    assert [r[4] for r in rows] == val_texts[0] + val_texts[1]
     assert [r[1] for r in rows] == [i for b in wandb_run["dm"].val_batches for i in b[0]["ids"][:2]]
-    assert all(isinstance(r[4], str) for r in rows)
+    assert all(isinstance(r[5], str) for r in rows)
 
 
 def test_validation_samples_audio_goes_to_the_run_table_artifact(wandb_run):
     """W&B stores tables with media as a ``run_table`` artifact: its table references 4 WAV clips."""
     staged = sorted(wandb_run["staging"].iterdir())
     tables = {p.read_text() for p in staged if p.read_bytes()[:1] == b"{"}  # wandb stages some twice
-    columns = ["domain", "id", "audio", "reference", "hypothesis"]
+    columns = ["domain", "id", "audio", "audio_file", "reference", "hypothesis"]
     samples = [t for t in map(json.loads, tables) if t.get("columns") == columns]
     assert len(samples) == 1
     audio_cells = [row[2] for row in samples[0]["data"]]

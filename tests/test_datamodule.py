@@ -170,7 +170,8 @@ def test_clip_too_short_for_its_ctc_label(corpus):
     with pytest.raises(BadInputError, match=rf"{uid}.*too_short_for_ctc.*needs 121"):
         strict.setup("fit")
     dm = make_dm(corpus, on_bad_input="skip")
-    assert uid in {c.id for c in dm.train_cuts()}  # no model attached yet: only the label checks ran
+    assert uid not in {c.id for c in dm.train_cuts()}  # no model attached yet: its speaking rate gives it away
+    assert dm.skipped["train"] == {"implausible_speaking_rate": 1}
     dm.output_lengths = encoder_25fps()
     assert uid not in {c.id for c in dm.train_cuts()}  # re-checked with the encoder's frame counts
     assert dm.skipped["train"] == {"too_short_for_ctc": 1}

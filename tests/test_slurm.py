@@ -72,7 +72,7 @@ def test_gpu_multi_node_script(tmp_path):
     ]
     assert srun_argv(script) == [
         "srun", "--kill-on-bad-exit=1", "--cpus-per-task=4",
-        "speechxfer", "fit", "--config", "experiments/wav2vec2.yaml", "--ckpt_path", "last",
+        "speechxfer", "fit", "--config", "experiments/wav2vec2.yaml", "--ckpt_path", "last_if_any",
         "--trainer.max_steps=1000",
         "--trainer.num_nodes=2", "--trainer.devices=4", "--trainer.accelerator=gpu",
     ]

@@ -13,7 +13,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .base import Backbone, BackboneOutput, build_backbone, file_sha1, load_state_dict_checked
@@ -22,14 +21,10 @@ PREFIX = "backbone."
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Memory-mapped ``torch.load`` of a checkpoint (trusted file: full unpickling, as Lightning does)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as err:  # zip / pickle errors: name the file
-        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from err
+    """Memory-mapped, weights-only ``torch.load`` of a checkpoint (``CheckpointLoadError`` names the file)."""
+    from lightning_modules.checkpoint_io import read_checkpoint as read
+
+    return read(path, map_location="cpu", mmap=True)
 
 
 class CheckpointBackbone(Backbone):

@@ -45,7 +45,7 @@ def test_an_utterance_the_backbone_cannot_align_is_caught_with_the_exact_frame_c
     tokenizer = CharTokenizer(list(" " + LETTERS))
     fits = one_second_cut(tmp_path, (LETTERS * 2)[:49])        # 49 distinct-neighbour tokens: exactly enough
     too_long = one_second_cut(tmp_path, (LETTERS * 2)[:50])    # 50: the estimate would accept it
-    kept, skipped = check_labels(CutSet.from_cuts([fits, too_long]), tokenizer, backbone.output_lengths, "skip")
+    kept, skipped, _ = check_labels(CutSet.from_cuts([fits, too_long]), tokenizer, backbone.output_lengths, "skip")
     assert [c.id for c in kept] == [fits.id] and skipped == {"too_short_for_ctc": 1}
     with pytest.raises(BadInputError, match=r"1\.000 s gives 49 encoder frames but its 50-token label needs 50"):
         check_labels(CutSet.from_cuts([too_long]), tokenizer, backbone.output_lengths)

@@ -184,3 +184,32 @@ def test_task_keys_read_the_supervision():
     keys = ("speaker", "locale", "language", "accent", "domain", "corpus", "variant", "gender")
     assert [task_of(cut, key) for key in keys] == ["client7", "ca", "ca", "Central", "commonvoice", "commonvoice",
                                                    "valencia", None]
+
+
+def test_load_time_skips_in_episodes_are_counted_and_empty_queries_dropped(corpus):
+    from datamodules.dataset import LOAD_SKIPS, LoadSkips
+    from datamodules.episodic import EpisodeLoader
+    from datamodules.errors import BadInputError
+
+    def part(ids, reason=None):
+        batch = {"ids": list(ids)}
+        if reason:
+            batch[LOAD_SKIPS] = LoadSkips()
+            batch[LOAD_SKIPS].add(BadInputError("utterance 'x'", reason, "cannot decode"))
+        return batch
+
+    episodes = [{"support": part([], "audio_unreadable"), "query": part(["q1"]), "task": "a", "shots": 2},
+                {"support": part(["s1", "s2"]), "query": part([], "audio_unreadable"), "task": "b", "shots": 2},
+                {"support": part(["s1"], "audio_unreadable"), "query": part(["q1", "q2"]), "task": "c", "shots": 2}]
+    loader = EpisodeLoader([episodes], batch_size=None)
+    (kept,) = list(loader)
+    assert [e["task"] for e in kept] == ["a", "c"] and [e["shots"] for e in kept] == [0, 1]
+    assert kept[0]["support"] is None and all(LOAD_SKIPS not in e["query"] for e in kept)
+    assert loader.load_skips.counts == {"audio_unreadable": 3} and loader.load_skips.empty_batches == 1
+
+
+def test_episode_loaders_are_named_in_the_bad_input_report(corpus):
+    dm = datamodule(corpus, test_shots=[0, 1])
+    dm.setup()
+    dm.train_dataloader(0, 1), dm.val_dataloader(0, 1), dm.test_dataloader(0, 1)
+    assert {"train", "val/target", "test/fewshot/k0", "test/fewshot/k1"} <= set(dm.load_skips)

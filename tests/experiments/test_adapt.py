@@ -44,7 +44,7 @@ def support(tmp_path) -> Path:
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize("flags", [["--shots", "0"], ["--steps", "0", "--lr", "0.1"]], ids=["k0", "steps0"])
@@ -65,11 +65,11 @@ def test_adapts_the_chosen_groups_on_files_and_writes_a_loadable_model(tmp_path,
     assert set(before) == set(after)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("head.") for k in changed)
-    saved = torch.load(out, weights_only=False)
+    saved = torch.load(out, weights_only=True)
     record = saved["speechxfer"]["adaptation"]
     assert record["steps"] == 5 and record["groups"] == ["head"] and len(record["support"]) == 3
     assert record["support_loss"][1] < record["support_loss"][0]
-    assert "optimizer_states" not in saved and "optimizer_states" in torch.load(ckpt, weights_only=False)
+    assert "optimizer_states" not in saved and "optimizer_states" in torch.load(ckpt, weights_only=True)
     model = load_model(out)
     assert type(model) is CTCModule and torch.equal(model.head.proj.weight, after["head.proj.weight"])
     # the same clips through their <stem>.txt transcripts adapt identically
@@ -84,7 +84,7 @@ def test_a_plain_checkpoint_needs_a_recipe_a_meta_checkpoint_has_one(tmp_path, s
     meta = checkpoint(tmp_path, MetaCTC, inner_steps=2, inner_lr=0.05, inner_groups=["top:1"])
     out = tmp_path / "meta_adapted.ckpt"
     assert main(["--ckpt", str(meta), "--support", str(support), "--out", str(out)]) == 0
-    record = torch.load(out, weights_only=False)["speechxfer"]["adaptation"]
+    record = torch.load(out, weights_only=True)["speechxfer"]["adaptation"]
     assert (record["steps"], record["lr"], record["groups"]) == (2, 0.05, ["top:1"])
     assert type(load_model(out)) is MetaCTC
 
@@ -104,7 +104,7 @@ def test_support_from_a_corpus_filter(tmp_path, one_thread):
     with pytest.raises(ValueError, match="ambiguous"):
         main([*args, "--data", str(tmp_path / "corpus.yaml"), "--task", "10"])  # prefix of speakers 100 and 101
     assert main([*args, "--data", str(tmp_path / "corpus.yaml"), "--task", "100"]) == 0
-    record = torch.load(out, weights_only=False)["speechxfer"]["adaptation"]
+    record = torch.load(out, weights_only=True)["speechxfer"]["adaptation"]
     assert record["task"] == "100" and len(record["support"]) == 3
     assert all(i.startswith("100-") for i in record["support"])
     assert main([*args, "--data", str(tmp_path / "episodic.yaml"), "--task", "101"]) == 0
@@ -112,4 +112,4 @@ def test_support_from_a_corpus_filter(tmp_path, one_thread):
                             shots=1, queries=1, tasks_per_step=1, num_workers=0,
                             cache_dir=str(tmp_path / "cache"))
     plan = dm.task_episode("101", 3)  # the few-shot test's support: never its query
-    assert torch.load(out, weights_only=False)["speechxfer"]["adaptation"]["support"] == list(plan.support)
+    assert torch.load(out, weights_only=True)["speechxfer"]["adaptation"]["support"] == list(plan.support)

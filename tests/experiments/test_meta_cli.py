@@ -58,6 +58,6 @@ def test_adapt_a_held_out_voice_from_the_demo_data(runs, tmp_path, monkeypatch):
     ckpt = runs["demo_meta"] / "checkpoints" / "last.ckpt"
     assert adapt_main(["--ckpt", str(ckpt), "--data", "experiments/data/demo_meta.yaml", "--task", "e6176ecb",
                        "--shots", "2", "--out", str(out)]) == 0
-    record = torch.load(out, weights_only=False)["speechxfer"]["adaptation"]
+    record = torch.load(out, weights_only=True)["speechxfer"]["adaptation"]
     assert record["task"].startswith("e6176ecb") and len(record["support"]) == 2 and record["groups"] == ["all"]
     assert os.path.getsize(out) < os.path.getsize(ckpt)  # no optimizer state
