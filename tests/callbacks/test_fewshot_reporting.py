@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks import RunSummary, WandbAdaptationCurve
+from callbacks.nonfinite import batch_ids
 from callbacks.throughput import batch_audio
 from lightning_modules.ctc import CTCModule
 from tests.conftest import QUIET, char_tokenizer, make_tiny_backbone
@@ -22,6 +23,13 @@ def test_batch_audio_counts_every_support_and_query():
     total, n = batch_audio(meta_batch)
     expected = sum(int(e[part]["lengths"].sum()) for e in meta_batch for part in ("support", "query") if e[part])
     assert int(total) == expected and n == 3 + 3 + 3
+
+
+def test_nonfinite_guard_names_every_support_and_query_utterance_of_a_meta_batch():
+    tok = char_tokenizer()
+    meta_batch = [episode(tok, 3), episode(tok, 0)]
+    expected = [i for e in meta_batch for part in ("query", "support") if e[part] for i in e[part]["ids"]]
+    assert batch_ids(meta_batch) == expected and len(expected) == 3 + 3 + 3
 
 
 def fewshot_test(tmp_path, callbacks, logger=False) -> pl.Trainer:
