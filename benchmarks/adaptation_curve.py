@@ -1,5 +1,6 @@
 """Few-shot adaptation curve on the demo corpus: meta-learned init vs joint training vs the source model vs scratch.
 
+    python benchmarks/adaptation_curve.py --out runs/adaptation          # from experiments/models/synth_en_bigru.ckpt
     python benchmarks/adaptation_curve.py --source-ckpt runs/quickstart/latest/checkpoints/last.ckpt --out runs/adaptation
     python benchmarks/adaptation_curve.py --source-ckpt ... --out /tmp/adaptation --quick     # smoke run (minutes)
 
@@ -46,9 +47,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_common import REPO, write_yaml  # noqa: E402
+from datamodules.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from lightning_modules.checkpoint_io import read_checkpoint  # noqa: E402
 
 METHODS = ("fomaml", "reptile", "joint", "scratch", "source")
+SHIPPED_SOURCE = REPO / "experiments" / "models" / "synth_en_bigru.ckpt"  # the shipped source model, when present
 
 
 @dataclass
@@ -182,8 +185,7 @@ def run(out: Path, source: Path, s: Settings, methods: list[str], threads: int) 
         commands.append("python -m experiments " + " ".join(test))
         tested = json.loads((out / "test_runs" / "adaptation" / method / "summary.json").read_text())["test"]
         results[method] = {"steps": steps, "fit_wall_s": fit_s, "test": tested}
-        done.parent.mkdir(exist_ok=True)
-        done.write_text(json.dumps([results[method], commands[before:]]), encoding="utf-8")
+        write_json_atomic(done, [results[method], commands[before:]])
         shown = ", ".join(f"k{k:g} {100 * tested[f'test/fewshot/k{k:g}/wer']:.1f}" for k in s.test_shots)
         print(f"         WER % {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
     compare = ["compare", str(out / "test_runs"), "--out", str(out / "compare"), "--format", "md"]
@@ -192,8 +194,8 @@ def run(out: Path, source: Path, s: Settings, methods: list[str], threads: int) 
     curve = {"source_checkpoint": str(source), "settings": asdict(s), "joint_steps": joint_steps,
              "utterances_per_pooled_batch": per_batch, "results": results, "commands": commands,
              "wall_s": time.perf_counter() - t0}
-    (out / "curve.json").write_text(json.dumps(curve, indent=2), encoding="utf-8")
-    (out / "report.md").write_text(report(curve), encoding="utf-8")
+    write_json_atomic(out / "curve.json", curve)
+    write_text_atomic(out / "report.md", report(curve))
     return curve
 
 
@@ -219,7 +221,8 @@ def report(curve: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source-ckpt", type=Path, required=True, help="source model (any speechxfer checkpoint)")
+    parser.add_argument("--source-ckpt", type=Path, default=SHIPPED_SOURCE,
+                        help=f"source model (any speechxfer checkpoint); default: the shipped {SHIPPED_SOURCE}")
     parser.add_argument("--out", type=Path, default=Path("runs/adaptation"))
     parser.add_argument("--quick", action="store_true", help="2 outer steps, k in {0, 2}: a smoke run")
     parser.add_argument("--only", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
@@ -228,8 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="rewrite OUT/report.md from OUT/curve.json")
     args = parser.parse_args(argv)
     if args.report_only:
-        (args.out / "report.md").write_text(report(json.loads((args.out / "curve.json").read_text())))
+        write_text_atomic(args.out / "report.md", report(json.loads((args.out / "curve.json").read_text())))
         return
+    if not args.source_ckpt.is_file():
+        parser.error(f"--source-ckpt {args.source_ckpt}: no such file (train one: speechxfer fit --config "
+                     "experiments/quickstart.yaml, then --source-ckpt runs/quickstart/latest/checkpoints/last.ckpt)")
     s = Settings.quick() if args.quick else Settings()
     for item in args.set:
         key, value = item.split("=", 1)
