@@ -88,7 +88,7 @@ def checkpoint_io(trainer_config: dict, run_dir: Path | None) -> list:
     checkpoints = run_dir / "checkpoints" if run_dir is not None else None
 
     def on_saved(path: Path) -> None:  # rank 0: `latest` follows a run once it has a checkpoint
-        if checkpoints is not None and path.parent == checkpoints:
+        if checkpoints is not None and path.parent.resolve() == checkpoints.resolve():  # runs_dir may be relative
             link_latest(run_dir)
 
     return [*plugins, AtomicCheckpointIO(on_saved=on_saved)]
