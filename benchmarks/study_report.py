@@ -10,6 +10,9 @@ from pathlib import Path
 EXPECTED = [  # (better, worse, claim) on target WER, from the literature
     ("c_finetune", "a_scratch", "fine-tuning the source model beats training from scratch on the same target subset"),
     ("e_dann", "b_source_only", "DANN with unlabelled target beats the source-only model on the target"),
+    ("g_self_train", "b_source_only", "pseudo-label self-training on unlabelled target beats the source-only model"),
+    ("h_dann_self_train", "e_dann", "self-training after DANN beats DANN alone"),
+    ("i_source_tta", "b_source_only", "test-time adaptation (SUTA) lowers the source-only model's target WER"),
 ]
 
 
@@ -29,7 +32,7 @@ def test_table(results: dict) -> list[str]:
     beam = any("test_beam/target/wer" in r["test"] for r in results.values())
     extra = " target WER % beam+LM | target CER % beam+LM | source WER % beam+LM |" if beam else ""
     lines = [f"| method | target WER % | target CER % | source WER % | source CER % |{extra} steps | "
-             "trainable params | fit wall s |", "|---" * (8 + 3 * beam) + "|"]
+             "trainable params | fit wall s | TTA s per audio s |", "|---" * (9 + 3 * beam) + "|"]
     for r in results.values():
         t = r["test"]
         params, wall = r.get("trainable_params"), r.get("fit_wall_s")
@@ -38,7 +41,9 @@ def test_table(results: dict) -> list[str]:
         cells = [pct(t.get(f"test/{d}/{k}")) for d in ("target", "source") for k in ("wer", "cer")]
         if beam:
             cells += [pct(t.get(f"test_beam/{m}")) for m in ("target/wer", "target/cer", "source/wer")]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r.get('steps', '')} | {params} | {wall} |")
+        tta = r.get("tta_s_per_audio_s")
+        tta = "" if tta is None else f"{tta:.3f}"
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r.get('steps', '')} | {params} | {wall} | {tta} |")
     return lines
 
 
@@ -85,7 +90,9 @@ def write_study_report(out: Path, study: dict) -> Path:
         f"lambda_max {s.get('dann_lambda', 0.5)} (ganin schedule), {s.get('dann_level', 'utterance')}-level "
         "domain classifier",
         "- models: demo configs (quickstart.yaml ScratchEncoder 2xBiLSTM-160 CTC; demo_finetune.yaml with its "
-        "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml), seed 0",
+        "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml; demo_pseudo_label.yaml for "
+        "(g) from (b) and (h) from (e), budget of (e); (i) = (b)'s checkpoint tested with SUTA, "
+        f"{s.get('tta_steps')} steps, lr {s.get('tta_lr')}), seed 0",
         "- evaluation: `speechxfer test` on the LAST checkpoint of each run (fixed budget, no model selection), "
         "greedy CTC decoding" + (f"; and beam search (beam {s['beam_size']}) with the lexicon and a "
                                  f"{s.get('lm_order')}-gram LM of the source training transcripts (`OUT/lm/`), "

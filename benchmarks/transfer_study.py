@@ -14,6 +14,15 @@ plus command-line overrides, then evaluated on the source and target TEST sets w
                                          source model (b) (``--set dann_init=scratch``: random init)
     (f) replay       demo_finetune.yaml  as (c), with source replay: each epoch muxes the target subset with a
                                          slice of the source training set (``replay_ratio`` of the audio)
+    (g) self_train   demo_pseudo_label.yaml  labelled source + UNLABELLED target, EMA-teacher pseudo-labels, noisy
+                                         student; student and teacher start as the source model (b); budget of (e)
+    (h) dann_self_train  demo_pseudo_label.yaml  as (g), starting from the DANN model (e)
+    (i) source_tta   no training: (b)'s checkpoint tested with SUTA test-time adaptation per utterance
+                                         (``experiments/tta/suta_demo.yaml``; ``--set tta_steps=... tta_lr=...``);
+                                         its cost (adaptation s per audio s) is a column of the report
+
+(g) and (h) log the pseudo-labels' CER (``train/pl_cer``): their data config sets ``target_labels: monitor``
+(target transcripts travel for that metric only, never as labels).
 
 Data (``--corpus``): ``tone`` (default) generates a source/target pair of "tone speech"
 (``benchmarks/tone_pair.py``: LibriSpeech layout source, Common Voice layout MP3 target with a shifted
@@ -81,6 +90,8 @@ class Settings:
     dann_lambda: float = 0.1     # (e) lambda_max of the ganin schedule (as demo_dann.yaml)
     dann_level: str = "utterance"  # (e) domain classifier on mean-pooled utterances or on every frame
     replay_ratio: float = 0.3    # (f) share of each epoch's audio replayed from the source training set
+    tta_steps: int = 10          # (i) SUTA steps per utterance (experiments/tta/suta_demo.yaml: 10)
+    tta_lr: float = 1e-3         # (i) SUTA learning rate (suta_demo.yaml: 1e-3 for the small demo models)
     beam_size: int = 50          # test also with beam search + lexicon + LM (0: greedy only)
     lm_order: int = 3            # n-gram order of the LM from the source training transcripts
     lm_weight: float = 1.0
@@ -100,6 +111,8 @@ class Method:
     needs_source: bool = False
     steps_of: str = "target"  # which budget: "source" | "target"
     label: str = ""
+    start_from: str = ""      # key of the method whose last checkpoint starts backbone + featurizer + head
+    test_only: str = ""       # no fit: test this method's last checkpoint (with test-time adaptation)
 
 
 METHODS = [
@@ -109,6 +122,12 @@ METHODS = [
     Method("d_frozen", "demo_frozen.yaml", "target_subset", needs_source=True, label="(d) frozen + head"),
     Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),  # after (b)
     Method("f_replay", "demo_finetune.yaml", "target_replay", needs_source=True, label="(f) fine-tune + source replay"),
+    Method("g_self_train", "demo_pseudo_label.yaml", "self_training", steps_of="source", start_from="b_source_only",
+           label="(g) self-training, unlabelled target"),
+    Method("h_dann_self_train", "demo_pseudo_label.yaml", "self_training", steps_of="source", start_from="e_dann",
+           label="(h) self-training after DANN"),
+    Method("i_source_tta", "quickstart.yaml", "source", steps_of="source", test_only="b_source_only",
+           label="(i) source only + TTA (SUTA)"),
 ]
 
 
@@ -146,7 +165,8 @@ def asr_data(domain: str, train: dict, c: dict, s: Settings, cache: Path) -> dic
 
 
 def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
-    """data_source.yaml, data_target_subset.yaml, data_dann.yaml, data_target_replay.yaml under ``out/configs``."""
+    """data_source.yaml, data_target_subset.yaml, data_dann.yaml, data_target_replay.yaml, data_self_training.yaml
+    under ``out/configs``."""
     cache = out / "cache"
     subset = c["target_subset"](s.target_minutes)
     common = {"max_duration": s.max_duration, "num_buckets": 4, "num_workers": 1, "cache_dir": str(cache),
@@ -157,8 +177,10 @@ def write_data_configs(out: Path, c: dict, s: Settings) -> dict[str, Path]:
         "test": {"source": c["source_test"], "target": c["target_test"]}, **common}}
     replay = asr_data("target", subset, c, s, cache)
     replay["init_args"].update(replay=c["source_train"], replay_ratio=s.replay_ratio)
+    self_training = {**dann, "init_args": {**dann["init_args"], "target_labels": "monitor"}}  # pl_cer only
     configs = {"source": asr_data("source", c["source_train"], c, s, cache),
-               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann, "target_replay": replay}
+               "target_subset": asr_data("target", subset, c, s, cache), "dann": dann, "target_replay": replay,
+               "self_training": self_training}
     return {k: write_yaml(out / "configs" / f"data_{k}.yaml", v) for k, v in configs.items()}
 
 
@@ -212,7 +234,10 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         quickstart = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
         scratch = {"model": {"init_args": {"backbone": quickstart["model"]["init_args"]["backbone"]}}}
         args[2:2] = ["--config", str(write_yaml(out / "configs" / "dann_from_scratch.yaml", scratch))]
-    if from_source:  # the encoder (architecture + weights) is the source model's
+    if m.start_from:  # self-training: student (+ teacher) = that model's backbone, featurizer and head
+        ckpt = str(out / "runs" / "study" / m.start_from / "checkpoints" / "last.ckpt")
+        args += ["--model.init_args.backbone.init_args.path", ckpt, "--model.init_args.init_from", ckpt]
+    elif from_source:  # the encoder (architecture + weights) is the source model's
         args += ["--model.init_args.backbone.init_args.path",
                  str(out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt")]
     else:
@@ -226,6 +251,9 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
         args += ["--config", str(write_yaml(out / "configs" / f"{m.key}_schedule.yaml", override))]
     if m.key == "d_frozen":
         args += ["--model.init_args.feature_cache_dir", str(out / "feature_cache")]
+    if m.test_only:  # the tested model's config and budget, test-time adaptation on top
+        args += ["--config", str(REPO / "experiments" / "tta" / "suta_demo.yaml"),
+                 "--tta.steps", str(s.tta_steps), "--tta.lr", str(s.tta_lr)]
     return args
 
 
@@ -269,18 +297,24 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
             continue
         args = method_args(m, out, data, s, epoch_steps)
         fit = ["fit", *args, "--runs_dir", str(out / "runs")]
-        ckpt = out / "runs" / "study" / m.key / "checkpoints" / "last.ckpt"
+        trained = m.test_only or m.key  # the run whose last checkpoint is tested
+        ckpt = out / "runs" / "study" / trained / "checkpoints" / "last.ckpt"
         test = ["test", *args, "--runs_dir", str(out / "test_runs"), "--ckpt_path", str(ckpt), *decoding]
         start = time.perf_counter()
-        print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: fit ...", flush=True)
-        cli(fit, log, threads)
+        print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: {'test' if m.test_only else 'fit'} ...", flush=True)
+        if not m.test_only:
+            cli(fit, log, threads)
+            commands.append("python -m experiments " + shlex.join(fit))
         cli(test, log, threads)
+        commands.append("python -m experiments " + shlex.join(test))
         metrics = read_test_metrics(out / "test_runs" / "study" / m.key)
-        summary = json.loads((out / "runs" / "study" / m.key / "summary.json").read_text())
-        results[m.key] = {"label": m.label, "test": metrics, "fit_wall_s": summary.get("wall_time_s"),
+        summary = json.loads((out / "runs" / "study" / trained / "summary.json").read_text())
+        tested = json.loads((out / "test_runs" / "study" / m.key / "summary.json").read_text())
+        results[m.key] = {"label": m.label, "test": metrics,
+                          "fit_wall_s": None if m.test_only else summary.get("wall_time_s"),
                           "total_wall_s": time.perf_counter() - start, "steps": summary.get("global_step"),
-                          "trainable_params": summary.get("max_trainable_params")}
-        commands += ["python -m experiments " + shlex.join(fit), "python -m experiments " + shlex.join(test)]
+                          "trainable_params": summary.get("max_trainable_params"),
+                          "tta_s_per_audio_s": tested.get("tta", {}).get("extra_s_per_audio_s")}
         shown = " | ".join(f"{d} WER {metrics.get(f'test/{d}/wer', float('nan')):.3f} "
                            f"CER {metrics.get(f'test/{d}/cer', float('nan')):.3f}"
                            f" (beam+LM WER {metrics.get(f'test_beam/{d}/wer', float('nan')):.3f})"

@@ -9,6 +9,7 @@
     SlurmRequeue             checkpoint + clean stop on SIGUSR1 at a step boundary, for a requeue (slurm_requeue.py)
     AudioThroughput          train/audio_sec_per_sec and samples/s, global over ranks (throughput.py)
     RunSummary               <run dir>/summary.json, kept current (run_summary.py)
+    TestTimeAdaptation       SUTA per utterance in validate/test, cost logged (tta.py; the CLI's --tta.* group)
     WandbValidationSamples   validation transcripts with audio as a W&B table (wandb_extras.py)
     WandbLayerWeights        featurizer layer weights as a W&B bar chart (wandb_extras.py)
     LastCheckpoint           last.ckpt every N steps and at train end (checkpointing.py)
@@ -26,11 +27,13 @@ from callbacks.resume import RandomState, ResumeAtEpochEnd
 from callbacks.run_summary import RunSummary
 from callbacks.slurm_requeue import SlurmRequeue
 from callbacks.throughput import AudioThroughput
+from callbacks.tta import TestTimeAdaptation
 from callbacks.unfreeze import GradualUnfreezing
 from callbacks.wandb_extras import WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples
 
 __all__ = [
     "AudioThroughput", "BadInputReport", "BestCheckpoint", "GradSync", "GradualUnfreezing", "LastCheckpoint",
-    "NonFiniteGuard", "RandomState", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue", "WandbAdaptationCurve",
+    "NonFiniteGuard", "RandomState", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue", "TestTimeAdaptation",
+    "WandbAdaptationCurve",
     "WandbLayerWeights", "WandbValidationSamples",
 ]

@@ -23,12 +23,13 @@ bad-input count; ``NonFiniteGuard``: skipped steps). ``"finished"`` is written a
 checkpoint (``LastCheckpoint`` saves at train end, before fit end); a fit that ``SlurmRequeue`` stopped
 is ``"requeued"``; a fit that raised is ``"failed"`` with the error.
 
+``speechxfer test`` adds ``"test": {<test/* metric>: value}`` (e.g. the few-shot ``test/fewshot/k5/wer``) and the callbacks' entries (e.g. the
+test-time adaptation cost, ``"tta"``) to the run dir's ``summary.json``, keeping a fit summary that is
+already there; a test-only run dir gets ``{"status": "tested", "method", "module_class", "backbone", "data",
+"test", ...}``.
+
 At fit end the same dict is stored in the W&B run summary under ``speechxfer`` (when a
 ``WandbLogger`` is attached), so ``speechxfer compare`` reads W&B runs the same way.
-
-``speechxfer test`` adds ``"test": {"test/<domain>/<metric>": value, ...}`` (e.g. the few-shot
-``test/fewshot/k5/wer``) to the run dir's ``summary.json`` -- the fit's entries are kept; a run dir
-without one gets the static entries and ``"status": "tested"``.
 """
 
 from __future__ import annotations
@@ -95,20 +96,7 @@ class RunSummary(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.monotonic()
         self._track_trainable(pl_module)
-        self._static = self._static_entries(trainer, pl_module)
-
-    @staticmethod
-    def _static_entries(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        datamodule = speech_datamodule(trainer)
-        return {
-            "method": type(pl_module).__name__,
-            "module_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
-            "backbone": describe_backbone(pl_module),
-            "data": datamodule.describe() if datamodule is not None else None,
-            "labelled_target_minutes": datamodule.labelled_target_minutes if datamodule is not None else None,
-            "headline_metric": monitored_metric(datamodule) if datamodule is not None else None,
-            "total_params": count_params(pl_module),
-        }
+        self._static = self._describe(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         self._track_trainable(pl_module)
@@ -129,18 +117,15 @@ class RunSummary(Callback):
                     logger.experiment.summary["speechxfer"] = json.loads(json.dumps(payload, default=str))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.default_root_dir is None:
             return
         path = Path(trainer.default_root_dir) / self.filename
         payload = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
-            "status": "tested", **self._static_entries(trainer, pl_module)}
+            "status": "tested", **self._describe(trainer, pl_module)}
         payload["test"] = {name: float(value) for name, value in sorted(trainer.callback_metrics.items())
-                           if name.startswith("test/")}
-        payload["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                           if name.split("/")[0].split("_")[0] == "test" and value.numel() == 1}
+        payload.update(self._entries(trainer), updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json_atomic(path, payload)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary["speechxfer"] = json.loads(json.dumps(payload, default=str))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if self._start is not None:
@@ -170,6 +155,29 @@ class RunSummary(Callback):
         session = 0.0 if self._start is None else time.monotonic() - self._start
         return self.previous_wall_time_s + session
 
+    @staticmethod
+    def _describe(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """What the run is: method, backbone, data (the summary's static part)."""
+        datamodule = speech_datamodule(trainer)
+        return {
+            "method": type(pl_module).__name__,
+            "module_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "backbone": describe_backbone(pl_module),
+            "data": datamodule.describe() if datamodule is not None else None,
+            "labelled_target_minutes": datamodule.labelled_target_minutes if datamodule is not None else None,
+            "headline_metric": monitored_metric(datamodule) if datamodule is not None else None,
+            "total_params": count_params(pl_module),
+        }
+
+    def _entries(self, trainer: Trainer) -> dict[str, Any]:
+        """Other callbacks' ``summary_entries(trainer)`` (optional protocol), merged."""
+        extra: dict[str, Any] = {}
+        for callback in trainer.callbacks:
+            entries = getattr(callback, "summary_entries", None)  # optional callback protocol
+            if callable(entries) and callback is not self:
+                extra.update(entries(trainer))
+        return extra
+
     def _track_trainable(self, pl_module: LightningModule) -> None:
         self.max_trainable_params = max(self.max_trainable_params, count_params(pl_module, trainable_only=True))
 
@@ -183,11 +191,7 @@ class RunSummary(Callback):
 
     def summary(self, trainer: Trainer, pl_module: LightningModule, status: str) -> dict[str, Any]:
         """The summary dict (see module docstring)."""
-        extra: dict[str, Any] = {}
-        for callback in trainer.callbacks:
-            entries = getattr(callback, "summary_entries", None)  # optional callback protocol
-            if callable(entries) and callback is not self:
-                extra.update(entries(trainer))
+        extra = self._entries(trainer)
         return {
             "status": status,
             **self._static,

@@ -416,10 +416,12 @@ class ASRDataModule(SpeechDataModule):
         )
 
     def _training_loader(self, cuts: CutSet, labels: bool, domain: str, rank: int, world_size: int,
-                         name: str) -> DataLoader:
-        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts), named ``name``."""
-        dataset = SpeechDataset(self.tokenizer if labels else None, labels=labels, domain=domain_id(domain),
-                                augment=self.augment, on_bad_input=self.on_bad_input, seed=self.seed)
+                         name: str, monitor_texts: bool = False) -> DataLoader:
+        """Shuffled training loader over ``cuts`` (``labels``: batches carry targets/texts;
+        ``monitor_texts``: unlabelled batches carry ``monitor_texts``, see ``SpeechDataset``), named ``name``."""
+        tokenizer = self.tokenizer if labels or monitor_texts else None
+        dataset = SpeechDataset(tokenizer, labels=labels, domain=domain_id(domain), augment=self.augment,
+                                on_bad_input=self.on_bad_input, seed=self.seed, monitor_texts=monitor_texts)
         return self._loader(dataset, self._sampler(cuts, True, rank, world_size), name)
 
     def _take_resume(self, world_size: int) -> dict[str, int] | None:

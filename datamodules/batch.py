@@ -10,6 +10,9 @@ A batch is a plain ``dict`` so Lightning moves every tensor to the device for us
     ids             list[str]        lhotse cut ids
     audio_keys      list[str]        ``path|size|mtime_ns|offset|duration`` (feature-cache key)
     domain          int64   (B,)     0 = source, 1 = target
+    monitor_texts   list[str]        optional, unlabelled batches only: normalised transcripts for
+                                     label-quality metrics, never a training target
+                                     (``DomainAdaptationDataModule(target_labels="monitor")``)
 """
 
 from __future__ import annotations

@@ -276,15 +276,21 @@ class SpeechDataset(Dataset):
         augment: waveform augmentation (pass only for training).
         on_bad_input: "error" | "skip" for audio that fails to decode (and labels, as a safety net).
         seed: augmentation seed; each batch's RNG is derived from it and the batch's cut ids.
+        monitor_texts: unlabelled mode only: batches also carry ``monitor_texts`` (list[str], the
+            ``tokenizer``-normalised transcripts, never encoded or checked) for label-quality metrics;
+            they are not labels (no ``targets``), so no loss can use them and the batches are otherwise
+            those of plain unlabelled mode.
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None, labels: bool = True,
                  domain: int = 0, augment: WaveformAugmentation | None = None, on_bad_input: str = "error",
-                 sample_rate: int = SAMPLE_RATE, seed: int = 0) -> None:
-        if labels and tokenizer is None:
-            raise ValueError("a labelled SpeechDataset needs a tokenizer")
-        self.tokenizer = tokenizer if labels else None
-        self.labels, self.domain = labels, domain
+                 sample_rate: int = SAMPLE_RATE, seed: int = 0, monitor_texts: bool = False) -> None:
+        if (labels or monitor_texts) and tokenizer is None:
+            raise ValueError("a labelled (or monitor_texts) SpeechDataset needs a tokenizer")
+        if labels and monitor_texts:
+            raise ValueError("monitor_texts is for unlabelled batches (labelled ones carry texts)")
+        self.tokenizer = tokenizer if labels or monitor_texts else None
+        self.labels, self.domain, self.monitor_texts = labels, domain, monitor_texts
         self.augment = augment if augment is not None and augment.enabled else None
         self.on_bad_input = check_on_bad_input(on_bad_input)
         self.sample_rate, self.seed = sample_rate, seed
@@ -323,8 +329,12 @@ class SpeechDataset(Dataset):
             return {"ids": []}
         if self.augment is not None:
             waves = self.augment.apply_to_waves(waves, rng)
-        return make_batch(waves, kept, [keys[i] for i in kept], self.domain,
-                          texts=texts if self.labels else None, token_ids=token_ids if self.labels else None)
+        batch = make_batch(waves, kept, [keys[i] for i in kept], self.domain,
+                           texts=texts if self.labels else None, token_ids=token_ids if self.labels else None)
+        if self.monitor_texts:
+            by_id = {cut.id: cut for cut in cuts}
+            batch["monitor_texts"] = [self.tokenizer.normalize(cut_text(by_id[i])) for i in kept]
+        return batch
 
     def _resampled(self, cut: Any) -> Any:
         return cut.resample(self.sample_rate) if cut.sampling_rate != self.sample_rate else cut

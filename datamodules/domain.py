@@ -9,7 +9,7 @@ corpora and shares every other setting (loaders, tokenizer, bad-input policy, au
     init_args:
       source_train: {class_path: datamodules.LibriSpeechCorpus, init_args: {...}}   # labelled
       target_train: {class_path: datamodules.CommonVoiceCorpus, init_args: {...}}   # unlabelled
-      target_labels: false
+      target_labels: false        # or "monitor": transcripts travel for label-quality metrics only
       val: {source: <corpus>, target: <corpus>}
       test: {source: <corpus>, target: <corpus>}
       max_duration: 40.0          # ... and any other ASRDataModule setting, for both sides
@@ -21,14 +21,17 @@ the whole pairing is a function of (seed, epoch) and a mid-epoch resume replays 
 
 The vocabulary comes from the SOURCE training text.  With ``target_labels=False`` the target
 training batches carry no ``targets``/``target_lengths``/``texts`` and the target transcripts
-are never read; val/test sets are always labelled (that is the evaluation). Val/test sets named
+are never read. With ``target_labels="monitor"`` the target batches are the same (same cuts, no
+label keys) plus ``monitor_texts``: the normalised transcripts, for metrics that watch label quality
+(pseudo-label CER) and never for a loss; the data still counts as unlabelled (``describe``, 0 labelled
+minutes). Val/test sets are always labelled (that is the evaluation). Val/test sets named
 "source"/"target" get that batch domain; any other name counts as source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from lhotse import CutSet
 from torch.utils.data import DataLoader
@@ -101,23 +104,26 @@ class DomainAdaptationDataModule(ASRDataModule):
     Args:
         source_train: labelled source-domain training corpus (its text builds the tokenizer).
         target_train: target-domain training corpus; its transcripts are read only if ``target_labels``.
-        target_labels: whether target TRAINING batches carry labels.
+        target_labels: whether target TRAINING batches carry labels; ``"monitor"``: no labels, but
+            ``monitor_texts`` (normalised transcripts for label-quality metrics, never a loss).
         val, test: ``{name: corpus}`` (usually ``{"source": ..., "target": ...}``), as ``ASRDataModule``.
         **settings: every other ``ASRDataModule`` argument (``max_duration``, ``num_workers``,
             ``tokenizer``, ``augment``, ``on_bad_input``, ``seed``, ...), shared by both sides.
     """
 
-    def __init__(self, source_train: Corpus, target_train: Corpus, target_labels: bool = False,
+    def __init__(self, source_train: Corpus, target_train: Corpus, target_labels: bool | Literal["monitor"] = False,
                  val: Corpus | dict[str, Corpus] | None = None, test: Corpus | dict[str, Corpus] | None = None,
                  **settings: Any) -> None:
         super().__init__(train=source_train, val=val, test=test, predict=None, domain="source", train_labels=True,
                          **settings)
+        if target_labels not in (True, False, "monitor"):
+            raise ValueError(f"target_labels must be true, false or 'monitor', got {target_labels!r}")
         self.target_train_corpus, self.target_labels = target_train, target_labels
         self.train_loader: PairedLoader | None = None
 
     def target_train_cuts(self) -> CutSet:
         """Target training cuts: label-checked if ``target_labels``, else as scanned."""
-        return self._train_cuts("target_train", self.target_train_corpus, self.target_labels)
+        return self._train_cuts("target_train", self.target_train_corpus, self.target_labels is True)
 
     def named_corpora(self) -> dict[str, Corpus]:
         return {**super().named_corpora(), "target_train": self.target_train_corpus}
@@ -125,11 +131,11 @@ class DomainAdaptationDataModule(ASRDataModule):
     def describe(self) -> dict[str, str | None]:
         """``{"source": <source train>, "target": <target train, "(unlabelled)" unless target_labels>}``."""
         return {"source": describe_training(self.train_corpus, True),
-                "target": describe_training(self.target_train_corpus, self.target_labels)}
+                "target": describe_training(self.target_train_corpus, self.target_labels is True)}
 
     @property
     def labelled_target_minutes(self) -> float:
-        return minutes(self.target_train_cuts()) if self.target_labels else 0.0
+        return minutes(self.target_train_cuts()) if self.target_labels is True else 0.0
 
     def prepare_data(self) -> None:
         super().prepare_data()
@@ -145,8 +151,8 @@ class DomainAdaptationDataModule(ASRDataModule):
         rank, world_size = resolve_rank(self.trainer, rank, world_size)
         loader = PairedLoader(
             self._training_loader(self.train_cuts(), True, "source", rank, world_size, "train"),
-            self._training_loader(self.target_train_cuts(), self.target_labels, "target", rank, world_size,
-                                  "target_train"))
+            self._training_loader(self.target_train_cuts(), self.target_labels is True, "target", rank, world_size,
+                                  "target_train", monitor_texts=self.target_labels == "monitor"))
         if (resume := self._take_resume(world_size)) is not None:
             loader.fast_forward(resume["epoch"], resume["batches"])
         self.train_loader, self.train_sampler = loader, loader.sampler

@@ -40,6 +40,7 @@ from datamodules.dataset import SpeechDataset, check_labels
 from datamodules.episodic import EpisodicDataModule
 from datamodules.probe import probe_recording
 from datamodules.tasks import eval_episode, group_tasks, resolve_names
+from experiments.commands import tool_parser
 from experiments.transcribe import AUDIO_SUFFIXES, expand_inputs
 from lightning_modules.checkpoint_io import read_checkpoint
 
@@ -119,9 +120,7 @@ def write_adapted(ckpt: Path, fast: dict[str, torch.Tensor], record: dict, out: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechxfer adapt", description=__doc__.split("\n\n")[0],
-                                     epilog="example: speechxfer adapt --ckpt model.ckpt --support spk/ --steps 5 "
-                                            "--lr 0.05 --out spk.ckpt", formatter_class=argparse.RawTextHelpFormatter)
+    parser = tool_parser("adapt", __doc__)
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by speechxfer fit (any method)")
     parser.add_argument("--out", required=True, type=Path, help="adapted checkpoint to write")
     source = parser.add_mutually_exclusive_group(required=True)

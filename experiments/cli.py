@@ -8,6 +8,7 @@ Training subcommands are LightningCLI's, driven by one YAML per experiment::
     speechxfer fit --config experiments/quickstart.yaml --run_name r1 --ckpt_path last   # resume (must exist)
     speechxfer fit --config experiments/quickstart.yaml --ckpt_path last_if_any   # resume if possible, else start
     speechxfer validate|test --config experiments/quickstart.yaml --ckpt_path runs/.../best.ckpt
+    speechxfer test --config experiments/quickstart.yaml --ckpt_path ... --tta.method suta --tta.steps 10  # TTA
 
 ``--ckpt_path last`` resumes the newest run of the experiment that has ``checkpoints/last.ckpt`` (or
 the ``--run_name`` run) and is an error when there is none; ``last_if_any`` starts fresh instead.
@@ -41,6 +42,7 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from datamodules.atomic import remove_stale_temps, write_text_atomic
 from datamodules.base import SpeechDataModule
 from datamodules.locales import monitored_metric
+from experiments.commands import TOOLS
 from experiments.errors import report_user_error
 from experiments.runs import (
     checkpoint_callbacks,
@@ -53,14 +55,6 @@ from experiments.runs import (
 from experiments.slurm_signal import finish_for_requeue, in_slurm_batch_job
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 
-TOOLS = {  # name -> module whose main(argv) runs it
-    "transcribe": "experiments.transcribe",
-    "adapt": "experiments.adapt",
-    "lm": "experiments.lm",
-    "sweep": "experiments.sweep",
-    "compare": "experiments.compare",
-    "slurm": "experiments.slurm",
-}
 TRAINER_DEFAULTS = {
     # lhotse's duration samplers shard batches across ranks themselves.
     "use_distributed_sampler": False,
@@ -112,6 +106,9 @@ class SpeechCLI(LightningCLI):
             "--callbacks", type=list[Callback], default=[], help="Experiment callbacks, added to trainer.callbacks"
         )
         parser.link_arguments("data", "model.init_args.tokenizer", compute_fn=_tokenizer_dict, apply_on="instantiate")
+        from lightning_modules.tta import TTASettings
+
+        parser.add_class_arguments(TTASettings, "tta", help="Test-time adaptation for validate/test (SUTA)")
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the hyper-parameters of ``--ckpt_path`` (weights only); a refused or corrupt file
@@ -130,6 +127,7 @@ class SpeechCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         callbacks += self._get(self.config_init, "callbacks", default=None) or []
+        callbacks += tta_callbacks(self._get(self.config_init, "tta"))
         self.resume_from = config.get("ckpt_path")
         if trainer_config.get("fast_dev_run"):
             trainer_config["plugins"] = checkpoint_io(trainer_config, None)
@@ -191,6 +189,13 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
     if with_logger and LearningRateMonitor not in have:  # lr/<param group> every log_every_n_steps
         added.append(LearningRateMonitor(logging_interval="step"))
     return added
+
+
+def tta_callbacks(settings: lightning_modules.tta.TTASettings) -> list[Callback]:
+    """``[callbacks.TestTimeAdaptation(settings)]`` when ``--tta.method`` is set, else ``[]``."""
+    from callbacks.tta import TestTimeAdaptation
+
+    return [TestTimeAdaptation(settings)] if settings.enabled else []
 
 
 def run_tags(model: LightningModule, datamodule: SpeechDataModule) -> list[str]:

@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments.commands import tool_parser
 from experiments.report_plots import plot_adaptation_curve, plot_target_wer_vs_minutes, plot_wer_curves
 from experiments.run_records import RunRecord, discover, load_wandb_project
 
@@ -197,7 +198,7 @@ def write_report(records: list[RunRecord], out: Path, formats: Sequence[str] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechxfer compare", description=__doc__.split("\n\n")[0])
+    parser = tool_parser("compare", __doc__)
     parser.add_argument("runs", nargs="*", type=Path, help="run dirs or folders of run dirs")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
     parser.add_argument("--wandb-project", help="also read the runs of this W&B project (entity/project)")

@@ -156,7 +156,7 @@ def decode_cached(cache: dict, decoder) -> dict[str, float]:
 def run_decode_sweep(spec: SweepSpec, backend: str, storage: str | None, runs_dir: str, n_trials: int) -> int:
     """Run ``n_trials`` decode-only trials (see module docstring); 0 if any trial of the study completed."""
     from datamodules.text import tokenizer_from_dict
-    from experiments.sweep import make_study, suggest, trials_table
+    from experiments.sweep import optimize_and_report, suggest
 
     if backend != "optuna":
         raise SweepSpecError(f"{spec.path}: decode-only sweeps run with the optuna backend (trials take seconds)")
@@ -183,16 +183,9 @@ def run_decode_sweep(spec: SweepSpec, backend: str, storage: str | None, runs_di
 
     storage = storage or f"sqlite:///{Path(runs_dir) / 'sweeps' / spec.study_name}.db"
     spec.pruner = {"type": "none"}
-    study = make_study(spec, storage)
-    before = len(study.trials)
-    study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
-    print(f"study {spec.study_name!r} in {storage}: {len(study.trials)} trials ({len(study.trials) - before} new)")
-    print(trials_table(study))
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not completed:
-        print("no trial completed; see the errors above")
+    best = optimize_and_report(spec, storage, objective, n_trials)
+    if best is None:
         return 1
-    best = study.best_trial
     config = DecoderConfig(**{**fixed, **best.params})
     changed = {k: v for k, v in asdict(config).items() if k != "kind" and v != getattr(DecoderConfig(), k)}
     print(f"best: trial {best.number} {spec.metric}={best.value:.4g} {best.params}\nuse it:\n"

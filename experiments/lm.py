@@ -28,6 +28,7 @@ from pathlib import Path
 from datamodules.atomic import write_json_atomic
 from datamodules.lexicon import build_lexicon, write_lexicon
 from datamodules.ngram import estimate_kneser_ney, write_arpa
+from experiments.commands import tool_parser
 
 
 def load_datamodule(config: str | Path):
@@ -96,9 +97,7 @@ def build_lm(sentences: Sequence[str], tokenizer, order: int, out: Path, sources
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechxfer lm", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser("lm", __doc__, epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--text", type=Path, action="append", default=[], help="text file, one sentence per line")
     parser.add_argument("--data", type=Path, help="datamodule config: its training transcripts (and tokenizer)")
     parser.add_argument("--ckpt", type=Path, help="checkpoint whose tokenizer spells the lexicon")

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
+from experiments.commands import tool_parser
+
 TEMPLATE_PATH = Path(__file__).parent / "slurm" / "template.sbatch"
 ACCELERATORS = ("gpu", "cpu")
 DEFAULT_CPUS_PER_TASK = {"gpu": 4, "cpu": 1}
@@ -204,11 +206,7 @@ def wait_for_job(job_id: str, timeout_s: float = 300.0, poll_s: float = 2.0) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="speechxfer slurm",
-        description="Render (and optionally submit) an sbatch script running `speechxfer fit --config CONFIG`. "
-        "Arguments after `--` are passed to `speechxfer fit`.",
-    )
+    parser = tool_parser("slurm", __doc__, epilog="Arguments after `--` are passed to `speechxfer fit`.")
     parser.add_argument("config", help="experiment YAML")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=None, help="default 1 (gpu) / 0 (cpu)")

@@ -37,6 +37,7 @@ import optuna
 import yaml
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from experiments.commands import tool_parser
 from experiments.sweep_spec import (
     Parameter,
     SweepSpec,
@@ -199,18 +200,25 @@ def trials_table(study: optuna.Study) -> str:
 def run_optuna(spec: SweepSpec, storage: str | None, runs_dir: str, n_trials: int) -> int:
     """Run ``n_trials`` more trials of the study; print all trials; 0 if any trial of the study completed."""
     storage = storage or f"sqlite:///{Path(runs_dir) / 'sweeps' / spec.study_name}.db"
-    study = make_study(spec, storage)
-    before = len(study.trials)
-    study.optimize(make_objective(spec, runs_dir), n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
-    print(f"study {spec.study_name!r} in {storage}: {len(study.trials)} trials ({len(study.trials) - before} new)")
-    print(trials_table(study))
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not completed:
-        print("no trial completed; see the errors above")
+    best = optimize_and_report(spec, storage, make_objective(spec, runs_dir), n_trials)
+    if best is None:
         return 1
-    best = study.best_trial
     print(f"best: trial {best.number} {spec.metric}={best.value:.4g} {best.params} ({best.user_attrs.get('run_dir')})")
     return 0
+
+
+def optimize_and_report(spec: SweepSpec, storage: str, objective, n_trials: int) -> optuna.trial.FrozenTrial | None:
+    """Load (or create) the study, run ``n_trials`` more trials of ``objective``, print every trial;
+    the best trial, or None (said so) when no trial of the study completed."""
+    study = make_study(spec, storage)
+    before = len(study.trials)
+    study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=True)
+    print(f"study {spec.study_name!r} in {storage}: {len(study.trials)} trials ({len(study.trials) - before} new)")
+    print(trials_table(study))
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        print("no trial completed; see the errors above")
+        return None
+    return study.best_trial
 
 
 def wandb_sweep_config(spec: SweepSpec, method: str = "bayes", project: str = "speechxfer") -> dict[str, Any]:
@@ -250,7 +258,7 @@ def export_wandb(spec: SweepSpec, out: Path, method: str, project: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechxfer sweep", description=__doc__.split("\n\n")[0])
+    parser = tool_parser("sweep", __doc__)
     parser.add_argument("spec", type=Path, help="sweep spec YAML (see experiments/sweeps/)")
     parser.add_argument("--backend", choices=["optuna", "wandb"], default="optuna")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///<runs_dir>/sweeps/<study>.db)")

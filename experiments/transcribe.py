@@ -1,8 +1,12 @@
 """Transcribe audio files with a trained checkpoint — the checkpoint alone, no config, no network.
 
     speechxfer transcribe --ckpt runs/quickstart/<version>/checkpoints/last.ckpt clip.flac more/ other.mp3
+    speechxfer transcribe --ckpt model.ckpt clips/ --tta.method suta --tta.steps 10 --tta.lr 2e-5   # + SUTA
     speechxfer transcribe --ckpt CKPT --decoder beam --beam-size 50 --lexicon lm/lexicon.txt --lm lm/lm.arpa \
         --lm-weight 1.0 --word-score 0 clip.flac          # beam search + LM (lexicon/LM: `speechxfer lm`)
+
+``--tta.*`` are the options of ``speechxfer test`` (``lightning_modules.tta.TTASettings``): each file is
+transcribed by the model adapted to it, then the weights are restored; the adaptation cost goes to stderr.
 
 Prints one ``<path>\t<text>`` line per file, in the order given (folders are searched recursively
 for .flac/.wav/.mp3/.ogg). The audio takes the training path: ``ASRDataModule(predict=[files])``
@@ -30,7 +34,9 @@ import torch
 from datamodules import errors as E
 from datamodules.asr import ASRDataModule
 from datamodules.errors import BadInputError
+from experiments.commands import tool_parser
 from lightning_modules.decoding import add_decoder_arguments, decoder_config_from_args
+from lightning_modules.tta import TestTimeAdapter, add_tta_arguments, tta_settings
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".mp3", ".ogg"}
 
@@ -71,12 +77,13 @@ def predict(model, datamodule: ASRDataModule, device: str = "cpu") -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="speechxfer transcribe", description=__doc__.split("\n")[0])
+    parser = tool_parser("transcribe", __doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by speechxfer fit")
     parser.add_argument("inputs", nargs="+", help="audio files or folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="audio seconds per batch")
     add_decoder_arguments(parser)
+    add_tta_arguments(parser)  # --tta.method suta --tta.steps 10 ... (as speechxfer test)
     args = parser.parse_args(argv)
     try:
         decoding = decoder_config_from_args(args)
@@ -89,9 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     files = expand_inputs(args.inputs)
     datamodule = build_datamodule(files, args.max_seconds)
-    model = load_model(args.ckpt)
+    model, settings = load_model(args.ckpt), tta_settings(args)
     model.predict_decoder = build_decoder(decoding, model.tokenizer)
+    if settings.enabled:
+        model.test_time_adaptation = TestTimeAdapter(settings)
     texts = predict(model, datamodule, args.device)
+    if settings.enabled:
+        stats = model.test_time_adaptation.stats
+        print(f"tta: {settings.method}, {settings.steps} steps, params {settings.params}: "
+              f"{stats.extra_seconds_per_audio_second:.3f} s of adaptation per audio second "
+              f"({stats.utterances} utterances, {stats.audio_seconds:.1f} s)", file=sys.stderr)
     errors = {error.where: error for error in datamodule.predict_errors}
     for path in map(str, files):
         if path in texts:

@@ -99,6 +99,8 @@ class CTCModule(pl.LightningModule):
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.metrics = nn.ModuleDict()  # "<stage>_<dataloader idx>" -> MetricCollection, created lazily
         self.ctc_infeasible_count = SumMetric()  # training utterances per epoch whose CTC alignment is impossible
+        # lightning_modules.tta.TestTimeAdapter or None; set for test/predict (callbacks.TestTimeAdaptation)
+        self.test_time_adaptation: Any = None
         self._weights_restored = False
         self.eval_decoders = check_decoder_names(eval_decoders or {})
         self._decoders: dict[str, Decoder] = {}  # built on first use (they need the tokenizer)
@@ -126,6 +128,13 @@ class CTCModule(pl.LightningModule):
         """(B, T) audio, (B,) lengths -> log-probs (B, T', V), output lengths (B,)."""
         feats, out_lengths = self.encode(audio, lengths, keys)
         return self.classify(feats, out_lengths), out_lengths
+
+    def eval_forward(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """Log-probs (B, T', V) and lengths (B,) of a val/test/predict batch: the forward, or the forward of
+        the model adapted to each utterance when ``test_time_adaptation`` is attached (``tta.py``)."""
+        if self.test_time_adaptation is not None:
+            return self.test_time_adaptation(self, batch["audio"], batch["lengths"])
+        return self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
 
     def ctc_loss(self, log_probs: Tensor, lengths: Tensor, batch: dict) -> Tensor:
         """Scalar CTC loss of a labelled batch (see module docstring for the convention).
@@ -195,8 +204,8 @@ class CTCModule(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[str]]:
         """``{"ids": batch["ids"], "transcripts": [...]}`` of a (possibly unlabelled) batch, decoded by
-        ``predict_decoder`` (greedy when None)."""
-        log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
+        ``predict_decoder`` (greedy when None); test-time adaptation applies (``eval_forward``)."""
+        log_probs, lengths = self.eval_forward(batch)
         return {"ids": list(batch["ids"]), "transcripts": self.decode(log_probs, lengths, self.predict_decoder)}
 
     def _metric_set(self, stage: str, idx: int, with_loss: bool = True) -> tuple[str, MetricCollection]:
@@ -223,7 +232,7 @@ class CTCModule(pl.LightningModule):
         if is_episode(batch):
             batch, (log_probs, lengths) = adapted_outputs(self, batch)
         else:
-            log_probs, lengths = self(batch["audio"], batch["lengths"], batch.get("audio_keys"))
+            log_probs, lengths = self.eval_forward(batch)
         size = len(batch["lengths"])
         logged = {}
         if "targets" in batch:

@@ -129,6 +129,9 @@ class TinySubstitutions:
             raise ValueError("this config needs a checkpoint for its CheckpointBackbone: pass ckpt=")
         return {**args, "path": str(self.ckpt)}
 
+    def _PseudoLabelCTC(self, args: dict) -> dict:  # noqa: N802
+        return {**args, "init_from": str(self.ckpt)} if args.get("init_from") else args
+
     def make_corpora(self) -> None:
         """Generate (once) every LibriSpeech subset and Common Voice split the rewritten configs named."""
         root = self.work / "tiny_corpus"

@@ -17,6 +17,7 @@ from datamodules.corpora import LibriSpeechCorpus
 from datamodules.dataset import SpeechDataset
 from datamodules.sampling import (DurationBucketingSampler, check_covers_ranks, estimate_bins, make_loader,
                                   resolve_rank)
+from benchmarks.bench_data import padded_fraction
 from tests.corpus_factory import make_librispeech
 
 MAX_DURATION = 2.0
@@ -184,15 +185,6 @@ def test_tiny_sets_get_valid_buckets(n):
     assert bins == sorted(bins) and len(bins) >= 1
     sampler = DurationBucketingSampler(cuts, max_duration=10.0, num_buckets=10)
     assert sorted(c.id for b in sampler for c in b) == sorted(c.id for c in cuts)
-
-
-def padded_fraction(batches) -> float:
-    total = padding = 0.0
-    for batch in batches:
-        longest = max(c.duration for c in batch)
-        total += longest * len(batch)
-        padding += sum(longest - c.duration for c in batch)
-    return padding / total
 
 
 def test_bucketing_pads_far_less_than_random_batching():

@@ -86,8 +86,11 @@ def test_transfer_study_quick_writes_report(tmp_path):
     out = tmp_path / "study"
     run_script("transfer_study.py", "--quick", "--out", str(out))
     report = (out / "report.md").read_text()
-    for label in ("(a) scratch", "(b) source only", "(c) fine-tune", "(d) frozen", "(e) DANN"):
+    for label in ("(a) scratch", "(b) source only", "(c) fine-tune", "(d) frozen", "(e) DANN", "(g) self-training",
+                  "(h) self-training after DANN", "(i) source only + TTA"):
         assert label in report
     assert (out / "compare" / "report.md").is_file()
     assert "## Expected orderings" in report
     assert "target WER % beam+LM" in report and (out / "compare_test" / "report.md").is_file()  # greedy and beam+LM
+    tta_row = next(line for line in report.splitlines() if line.startswith("| (i) source only + TTA"))
+    assert float(tta_row.rstrip(" |").rsplit("|", 1)[1]) > 0  # TTA s per audio s
