@@ -2,7 +2,7 @@
 
     python benchmarks/bench_memory.py [--quick] [--steps 6]
 
-For each of ``quickstart.yaml`` (from scratch), ``demo_finetune.yaml`` (first stage: head only, and
+For each of ``scratch_demo.yaml`` (from scratch), ``demo_finetune.yaml`` (first stage: head only, and
 with every group unfrozen), ``demo_frozen.yaml`` and ``demo_dann.yaml`` the real CLI builds the
 model and datamodule (``experiments.cli.build_cli``), then ``Trainer.fit`` runs ``--steps`` steps with
 a callback that, around every training step, reads the process RSS and the kernel's peak-RSS mark
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_common import REPO, ratio_line, reset_peak_rss, rss_mb, write_yaml  # noqa: E402
 
 METHODS = {  # name -> (config, override yaml or None)
-    "scratch": ("experiments/quickstart.yaml", None),
+    "scratch": ("experiments/scratch_demo.yaml", None),
     "finetune (head stage)": ("experiments/demo_finetune.yaml", None),
     "finetune (all unfrozen)": ("experiments/demo_finetune.yaml", {"callbacks": [
         {"class_path": "callbacks.GradualUnfreezing", "init_args": {"unit": "epoch", "schedule": {0: ["all"]}}}]}),

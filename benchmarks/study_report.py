@@ -89,7 +89,7 @@ def write_study_report(out: Path, study: dict) -> Path:
         f"{'the source model (b)' if s.get('dann_init') == 'source' else 'random init'}, "
         f"lambda_max {s.get('dann_lambda', 0.5)} (ganin schedule), {s.get('dann_level', 'utterance')}-level "
         "domain classifier",
-        "- models: demo configs (quickstart.yaml ScratchEncoder 2xBiLSTM-160 CTC; demo_finetune.yaml with its "
+        "- models: demo configs (scratch_demo.yaml ScratchEncoder 2xBiGRU-256 CTC; demo_finetune.yaml with its "
         "unfreezing schedule stretched to the budget; demo_frozen.yaml; demo_dann.yaml; demo_pseudo_label.yaml for "
         "(g) from (b) and (h) from (e), budget of (e); (i) = (b)'s checkpoint tested with SUTA, "
         f"{s.get('tta_steps')} steps, lr {s.get('tta_lr')}), seed 0",

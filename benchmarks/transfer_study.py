@@ -6,8 +6,8 @@ Methods, each trained by the real CLI (``python -m experiments fit``) from the d
 plus command-line overrides, then evaluated on the source and target TEST sets with
 ``python -m experiments test`` on its last checkpoint (a fixed budget: no model selection):
 
-    (a) scratch      quickstart.yaml     on the small labelled target subset
-    (b) source_only  quickstart.yaml     on the labelled source; also the source model of (c), (d), (e)
+    (a) scratch      scratch_demo.yaml   on the small labelled target subset
+    (b) source_only  scratch_demo.yaml   on the labelled source; also the source model of (c), (d), (e)
     (c) finetune     demo_finetune.yaml  source model -> target subset, staged unfreezing (GradualUnfreezing)
     (d) frozen       demo_frozen.yaml    frozen source encoder + weighted layer sum + BiLSTM head, target subset
     (e) dann         demo_dann.yaml      labelled source + UNLABELLED target, gradient reversal; starts from the
@@ -116,8 +116,8 @@ class Method:
 
 
 METHODS = [
-    Method("b_source_only", "quickstart.yaml", "source", steps_of="source", label="(b) source only"),
-    Method("a_scratch", "quickstart.yaml", "target_subset", label="(a) scratch on target subset"),
+    Method("b_source_only", "scratch_demo.yaml", "source", steps_of="source", label="(b) source only"),
+    Method("a_scratch", "scratch_demo.yaml", "target_subset", label="(a) scratch on target subset"),
     Method("c_finetune", "demo_finetune.yaml", "target_subset", needs_source=True, label="(c) fine-tune, staged"),
     Method("d_frozen", "demo_frozen.yaml", "target_subset", needs_source=True, label="(d) frozen + head"),
     Method("e_dann", "demo_dann.yaml", "dann", steps_of="source", label="(e) DANN, unlabelled target"),  # after (b)
@@ -126,7 +126,7 @@ METHODS = [
            label="(g) self-training, unlabelled target"),
     Method("h_dann_self_train", "demo_pseudo_label.yaml", "self_training", steps_of="source", start_from="e_dann",
            label="(h) self-training after DANN"),
-    Method("i_source_tta", "quickstart.yaml", "source", steps_of="source", test_only="b_source_only",
+    Method("i_source_tta", "scratch_demo.yaml", "source", steps_of="source", test_only="b_source_only",
            label="(i) source only + TTA (SUTA)"),
 ]
 
@@ -230,9 +230,9 @@ def method_args(m: Method, out: Path, data: dict[str, Path], s: Settings, epoch_
             "--trainer.check_val_every_n_epoch", str(val_every), "--checkpoint_every_n_steps", str(steps),
             "--model.init_args.decay", s.decay]
     from_source = m.needs_source or (m.key == "e_dann" and s.dann_init == "source")
-    if m.key == "e_dann" and not from_source:  # demo_dann.yaml starts from a source model: use quickstart's encoder
-        quickstart = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
-        scratch = {"model": {"init_args": {"backbone": quickstart["model"]["init_args"]["backbone"]}}}
+    if m.key == "e_dann" and not from_source:  # demo_dann.yaml starts from a source model: use scratch_demo's encoder
+        scratch_demo = yaml.safe_load((REPO / "experiments" / "scratch_demo.yaml").read_text())
+        scratch = {"model": {"init_args": {"backbone": scratch_demo["model"]["init_args"]["backbone"]}}}
         args[2:2] = ["--config", str(write_yaml(out / "configs" / "dann_from_scratch.yaml", scratch))]
     if m.start_from:  # self-training: student (+ teacher) = that model's backbone, featurizer and head
         ckpt = str(out / "runs" / "study" / m.start_from / "checkpoints" / "last.ckpt")

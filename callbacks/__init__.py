@@ -17,23 +17,26 @@
     NonFiniteGuard           a non-finite loss/gradient stops the run naming the batch, or skips and counts (nonfinite.py)
     BadInputReport           load-time bad-input skips per epoch, every count in summary.json (bad_input.py)
     WandbAdaptationCurve     few-shot test WER vs k shots as a W&B line plot (wandb_extras.py)
+    ResultsTable             before/after WER/CER table at fit end, results.md in the run dir (results_table.py)
+    IntraOpThreads           torch intra-op threads for the run (threads.py)
 """
 
 from callbacks.bad_input import BadInputReport
 from callbacks.checkpointing import BestCheckpoint, LastCheckpoint
 from callbacks.grad_sync import GradSync
 from callbacks.nonfinite import NonFiniteGuard
+from callbacks.results_table import ResultsTable
 from callbacks.resume import RandomState, ResumeAtEpochEnd
 from callbacks.run_summary import RunSummary
 from callbacks.slurm_requeue import SlurmRequeue
+from callbacks.threads import IntraOpThreads
 from callbacks.throughput import AudioThroughput
 from callbacks.tta import TestTimeAdaptation
 from callbacks.unfreeze import GradualUnfreezing
 from callbacks.wandb_extras import WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples
 
 __all__ = [
-    "AudioThroughput", "BadInputReport", "BestCheckpoint", "GradSync", "GradualUnfreezing", "LastCheckpoint",
-    "NonFiniteGuard", "RandomState", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue", "TestTimeAdaptation",
-    "WandbAdaptationCurve",
-    "WandbLayerWeights", "WandbValidationSamples",
+    "AudioThroughput", "BadInputReport", "BestCheckpoint", "GradSync", "GradualUnfreezing", "IntraOpThreads",
+    "LastCheckpoint", "NonFiniteGuard", "RandomState", "ResultsTable", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue",
+    "TestTimeAdaptation", "WandbAdaptationCurve", "WandbLayerWeights", "WandbValidationSamples",
 ]

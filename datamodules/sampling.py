@@ -82,6 +82,7 @@ class DurationBucketingSampler(DynamicBucketingSampler):
         cuts: lazy or eager ``CutSet``.
         max_duration: seconds of audio per batch (summed over cuts, before padding).
         num_buckets: duration buckets (clamped to the number of cuts).
+        max_cuts: at most this many utterances per batch (None: no limit).
         shuffle, seed, drop_last: as lhotse; ``set_epoch(e)`` reshuffles deterministically.
         rank, world_size: pass explicitly (never inferred from environment variables).
         even_batches: True (training): same batch count on every rank, tail dropped; False
@@ -93,6 +94,7 @@ class DurationBucketingSampler(DynamicBucketingSampler):
         cuts: CutSet,
         max_duration: float,
         num_buckets: int = 10,
+        max_cuts: int | None = None,
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
@@ -109,7 +111,7 @@ class DurationBucketingSampler(DynamicBucketingSampler):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
             super().__init__(
-                cuts, max_duration=max_duration, duration_bins=bins, shuffle=shuffle, seed=seed,
+                cuts, max_duration=max_duration, max_cuts=max_cuts, duration_bins=bins, shuffle=shuffle, seed=seed,
                 drop_last=drop_last, rank=rank, world_size=world_size, buffer_size=buffer_size,
             )
         self.dropped_tail_cuts = 0

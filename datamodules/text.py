@@ -330,5 +330,15 @@ def tokenizer_from_dict(d: dict) -> CharTokenizer | SentencePieceTokenizer:
 
 
 def load_tokenizer(path: str | Path) -> CharTokenizer | SentencePieceTokenizer:
-    """Load a tokenizer saved with ``save(path)``."""
-    return tokenizer_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    """Load a tokenizer saved with ``save(path)``, or the one a speechxfer checkpoint (``*.ckpt``) carries
+    (``checkpoint["speechxfer"]["tokenizer"]``: fine-tuning a model on new data keeps its vocabulary)."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        import torch
+
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # trusted, as Lightning
+        tokenizer = (checkpoint.get("speechxfer") or {}).get("tokenizer")
+        if tokenizer is None:
+            raise ValueError(f"{path}: no tokenizer in checkpoint['speechxfer'] (not a speechxfer checkpoint?)")
+        return tokenizer_from_dict(tokenizer)
+    return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))

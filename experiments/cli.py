@@ -61,6 +61,11 @@ TRAINER_DEFAULTS = {
 }
 
 
+def interactive() -> bool:
+    """True when a person watches stdout: a TTY, and not a SLURM batch job (progress bars off otherwise)."""
+    return sys.stdout.isatty() and not in_slurm_batch_job()
+
+
 def _tokenizer_dict(datamodule: SpeechDataModule) -> dict:
     return datamodule.tokenizer.to_dict()
 
@@ -169,19 +174,41 @@ class SpeechCLI(LightningCLI):
         return any(isinstance(cb, SlurmRequeue) and cb.stopped_for_requeue for cb in self.trainer.callbacks)
 
 
+    def before_fit(self) -> None:
+        """Validate the starting model first when a ``ResultsTable(before=True)`` will report it.
+
+        Not logged (loggers off for it): metrics.csv / W&B / summary.json and sweeps see only the fit's
+        validations; the callback keeps the numbers (table, results.md, checkpoint)."""
+        from callbacks import ResultsTable
+
+        fresh = self.resume_from is None  # a resumed run has its "before" (in the checkpoint)
+        if not fresh or not any(isinstance(cb, ResultsTable) and cb.before_enabled for cb in self.trainer.callbacks):
+            return
+        trainer, loop = self.trainer, self.trainer.validate_loop
+        loggers, trainer.loggers = trainer.loggers, []
+        # no_grad, not inference_mode: fit's validations update the same metric states
+        inference_mode, loop.inference_mode = loop.inference_mode, False
+        modes = {name: module.training for name, module in self.model.named_modules()}
+        try:
+            trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        finally:
+            trainer.loggers, loop.inference_mode = loggers, inference_mode
+        for name, module in self.model.named_modules():  # modules made during validation (metric states)
+            module.training = modes.get(name, True)      # start fit in train mode, like the rest
+
+
 def default_callbacks(present: list[Callback], with_logger: bool = True) -> list[Callback]:
     """Callbacks every run gets unless the config already has one of the same type."""
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     from callbacks import (
-        AudioThroughput, BadInputReport, NonFiniteGuard, RandomState, ResumeAtEpochEnd, RunSummary, SlurmRequeue,
-        WandbAdaptationCurve,
-        WandbLayerWeights, WandbValidationSamples,
+        AudioThroughput, BadInputReport, NonFiniteGuard, RandomState, ResultsTable, ResumeAtEpochEnd, RunSummary,
+        SlurmRequeue, WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples,
     )
 
     have = {type(cb) for cb in present}
     wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, WandbAdaptationCurve,
-              ResumeAtEpochEnd, RandomState, BadInputReport,
+              ResumeAtEpochEnd, RandomState, ResultsTable, BadInputReport,
               NonFiniteGuard]  # NonFiniteGuard last: it sees the gradients others synced
     if in_slurm_batch_job():
         wanted.append(SlurmRequeue)  # checkpoint + stop for a requeue on sbatch --signal=SIGUSR1@90
@@ -226,7 +253,7 @@ def build_cli(
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
         run=run,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, "enable_progress_bar": interactive()},
         save_config_callback=AtomicSaveConfig,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         parser_kwargs={"default_env": False, "exit_on_error": exit_on_error},

@@ -178,12 +178,12 @@ def librispeech_text(sentence: str) -> str:
 
 
 # ----------------------------------------------------------------------------- audio
-def synth_source(text: str, spk: EspeakSpeaker, flac: Path, tmp: Path) -> None:
-    """espeak-ng -> silence-trimmed, -3 dBFS normalised 16 kHz mono 16-bit FLAC."""
+def synth_source(text: str, spk: EspeakSpeaker, flac: Path, tmp: Path, pad: float = 0.1) -> None:
+    """espeak-ng -> silence-trimmed, ``pad`` s of silence each side, -3 dBFS normalised 16 kHz mono FLAC."""
     raw = tmp / "espeak.wav"
     run(["espeak-ng", "-v", spk.voice, "-p", str(spk.pitch), "-s", str(spk.speed), "-w", str(raw), "--stdin"], text)
     run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(flac), *TRIM,
-         "pad", "0.1", "0.1", "norm", "-3"])
+         "pad", f"{pad:g}", f"{pad:g}", "norm", "-3"])
 
 
 def noise_bed(kind: str, sample_rate: int, tmp: Path, seconds: int = 30) -> np.ndarray:
@@ -256,20 +256,26 @@ def build_source(root: Path, texts: dict[str, list[str]], tmp: Path) -> dict[str
                 trans.write_text("\n".join(spk_lines) + "\n", encoding="utf-8")
         counts[subset] = len(sentences)
         log.info("source %s: %d utterances", subset, len(sentences))
-    write_speakers_txt(root / "LibriSpeech" / "SPEAKERS.TXT", minutes)
+    speakers = {LIBRISPEECH_SUBSETS[split]: spks for split, spks in SOURCE_SPEAKERS.items()}
+    write_speakers_txt(root / "LibriSpeech" / "SPEAKERS.TXT", minutes, speakers)
     return counts
 
 
-def write_speakers_txt(path: Path, minutes: dict[int, float]) -> None:
-    """LibriSpeech's SPEAKERS.TXT format; NAME holds the espeak-ng voice settings."""
-    rows = ["; speechxfer demo corpus: synthetic speakers (espeak-ng voice, pitch, speed)",
+def write_speakers_txt(path: Path, minutes: dict[int, float], speakers: dict[str, list[EspeakSpeaker]],
+                       title: str = "speechxfer demo corpus") -> None:
+    """LibriSpeech's SPEAKERS.TXT format; NAME holds the espeak-ng voice settings.
+
+    ``speakers``: {subset: speakers}; a speaker is listed once, under the first subset naming it.
+    """
+    rows = [f"; {title}: synthetic speakers (espeak-ng voice, pitch, speed)",
             ";ID  |SEX| SUBSET           |MINUTES| NAME"]
-    for split, speakers in SOURCE_SPEAKERS.items():
-        for s in speakers:
-            if s.speaker_id in minutes:
+    listed: set[int] = set()
+    for subset, subset_speakers in speakers.items():
+        for s in subset_speakers:
+            if s.speaker_id in minutes and s.speaker_id not in listed:
+                listed.add(s.speaker_id)
                 name = f"espeak-ng {s.voice} -p {s.pitch} -s {s.speed}"
-                rows.append(f"{s.speaker_id:<5}| {s.sex} | {LIBRISPEECH_SUBSETS[split]:<17}| "
-                            f"{minutes[s.speaker_id]:5.2f} | {name}")
+                rows.append(f"{s.speaker_id:<5}| {s.sex} | {subset:<17}| {minutes[s.speaker_id]:5.2f} | {name}")
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 

@@ -71,7 +71,7 @@ class OptunaPruning(Callback):
             )
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # (not the start model's validate-before-fit)
             return
         self.seen_metrics = sorted(trainer.callback_metrics)
         if self.metric not in trainer.callback_metrics:

@@ -307,7 +307,8 @@ class CTCModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def setup(self, stage: str) -> None:
-        """Check the datamodule's tokenizer; load pretrained backbone weights for a fresh fit.
+        """Check the datamodule's tokenizer; load pretrained backbone weights for a fresh fit (or a
+        validation of the starting model, e.g. ``ResultsTable(before=True)``'s before ``fit``).
 
         The datamodule encodes the targets and this module decodes: with labels (fit, validate, test)
         both must use the same tokenizer. The weights load is skipped when they come from a
@@ -324,9 +325,9 @@ class CTCModule(pl.LightningModule):
             self.backbone.load_pretrained()
 
     def fresh_fit(self, stage: str) -> bool:
-        """True when ``stage`` is a fit whose weights do not come from a checkpoint (see ``setup``)."""
+        """True when ``stage`` is a fit (or validation) whose weights do not come from a checkpoint (see ``setup``)."""
         resuming = self._trainer is not None and bool(self._trainer.ckpt_path)
-        return stage == "fit" and not self._weights_restored and not resuming
+        return stage in ("fit", "validate") and not self._weights_restored and not resuming
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """``checkpoint["speechxfer"]``: what ``load_model`` needs besides the hyper-parameters (tokenizer included)."""

@@ -1,4 +1,4 @@
-"""Fine-tuning: pretrained backbone + new CTC head, discriminative learning rates.
+"""Fine-tuning: pretrained backbone + new (or the checkpoint's) CTC head, discriminative learning rates.
 
 Everything trainable trains from step 0 unless a ``GradualUnfreezing`` callback freezes groups.
 Per-group peak lrs: head/featurizer ``lr``; top backbone group ``backbone_lr``; each group below

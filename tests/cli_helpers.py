@@ -90,6 +90,8 @@ class TinySubstitutions:
                 node["init_args"] = handler(dict(args))
         if "feature_cache_dir" in node:
             node["feature_cache_dir"] = str(self.work / "feature_cache")
+        if isinstance(node.get("noise"), str) and self._root(node["noise"]) is None:  # augment noise under data/
+            node["noise"] = None
         return node
 
     def _root(self, root: str) -> str | None:
@@ -111,6 +113,8 @@ class TinySubstitutions:
         return {**args, "root": root}
 
     def _ASRDataModule(self, args: dict) -> dict:  # noqa: N802
+        if args.get("tokenizer_path") and not Path(args["tokenizer_path"]).is_absolute():  # repo-relative
+            args = {**args, "tokenizer_path": str(REPO / args["tokenizer_path"])}
         return {**args, "num_workers": 0}
 
     _DomainAdaptationDataModule = _ASRDataModule  # noqa: N815
@@ -131,6 +135,10 @@ class TinySubstitutions:
 
     def _PseudoLabelCTC(self, args: dict) -> dict:  # noqa: N802
         return {**args, "init_from": str(self.ckpt)} if args.get("init_from") else args
+
+    def _FineTuneCTC(self, args: dict) -> dict:  # noqa: N802
+        """``init_head_from`` (the source model's head) follows the CheckpointBackbone to the tiny checkpoint."""
+        return {**args, "init_head_from": str(self.ckpt)} if args.get("init_head_from") else args
 
     def make_corpora(self) -> None:
         """Generate (once) every LibriSpeech subset and Common Voice split the rewritten configs named."""
@@ -404,12 +412,13 @@ TINY_QUICKSTART = {
 
 
 def tiny_quickstart(work: Path, overrides: dict | None = None) -> Path:
-    """The quickstart experiment on generated tone-speech corpora under ``work``, a 1-layer model: seconds per run.
+    """The from-scratch experiment (scratch_demo.yaml; runs under ``runs/quickstart``) on generated
+    tone-speech corpora under ``work``, a 1-layer model: seconds per run.
 
     The training corpus is ``work/tiny_corpus/LibriSpeech/train-clean-100`` (damage it before running).
     """
-    return tiny_config(EXPERIMENTS / "quickstart.yaml", work, all_data=True,
-                       overrides=deep_merge(TINY_QUICKSTART, overrides or {}))
+    return tiny_config(EXPERIMENTS / "scratch_demo.yaml", work, all_data=True,
+                       overrides=deep_merge({**TINY_QUICKSTART, "experiment": "quickstart"}, overrides or {}))
 
 
 def fit_in_process(args: list, cwd: Path) -> int:

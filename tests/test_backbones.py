@@ -47,7 +47,7 @@ BUILDERS = {
     "wav2vec2_base": lambda: TorchaudioBackbone("WAV2VEC2_BASE", config_overrides=tiny()),
     "xlsr53_preln_normalized": lambda: TorchaudioBackbone("WAV2VEC2_XLSR53", config_overrides=tiny()),
     "wavlm_base": lambda: TorchaudioBackbone("WAVLM_BASE", config_overrides=tiny()),
-    "scratch_bilstm": lambda: ScratchEncoder(n_mels=40, conv_channels=8, hidden=32, num_layers=2),
+    "scratch_bilstm": lambda: ScratchEncoder(n_mels=40, conv_channels=8, hidden=32, num_layers=2, kind="bilstm"),
     "scratch_conformer": lambda: ScratchEncoder(
         n_mels=40, conv_channels=8, hidden=32, num_layers=2, kind="conformer", num_heads=2, conv_kernel=7
     ),

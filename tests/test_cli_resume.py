@@ -98,7 +98,7 @@ def run_until_killed(args: list[str], cwd: Path, last: Path, condition: Callable
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     work = shared_workdir(tmp_path_factory) / "resume"
-    config = tiny_config(EXPERIMENTS / "quickstart.yaml", work, all_data=True, overrides=TINY_MODEL)
+    config = tiny_config(EXPERIMENTS / "scratch_demo.yaml", work, all_data=True, overrides=TINY_MODEL)
     runs_dir = tmp_path_factory.mktemp("resume_runs")
     common = ["fit", "--config", config, "--runs_dir", runs_dir, "--trainer.max_steps", MAX_STEPS,
               "--checkpoint_every_n_steps", 1, "--wandb", "false"]
@@ -106,7 +106,7 @@ def runs(tmp_path_factory) -> dict:
 
     run_a = subprocess.Popen(cli_command([*common, *plain, "--run_name", "a"]), cwd=runs_dir, env=cli_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last_b = runs_dir / "quickstart" / "b" / "checkpoints" / "last.ckpt"
+    last_b = runs_dir / "scratch_demo" / "b" / "checkpoints" / "last.ckpt"
     kill_1 = run_until_killed(
         [*common, "--config", callbacks_yaml(work / "throttle_1.yaml", callbacks(UNFREEZE_1 + 1)), "--run_name", "b"],
         runs_dir, last_b, at_epoch_end(after=UNFREEZE_1 + 1))
@@ -118,7 +118,7 @@ def runs(tmp_path_factory) -> dict:
     run_cli([*common, *plain, "--run_name", "b", "--ckpt_path", "last"], cwd=runs_dir)
     out_a, _ = run_a.communicate(timeout=500)
     assert run_a.returncode == 0, out_a[-6000:]
-    return {"kills": [kill_1, kill_2], "a": runs_dir / "quickstart" / "a", "b": runs_dir / "quickstart" / "b"}
+    return {"kills": [kill_1, kill_2], "a": runs_dir / "scratch_demo" / "a", "b": runs_dir / "scratch_demo" / "b"}
 
 
 def final(run_dir: Path) -> dict:

@@ -124,7 +124,7 @@ def test_quickstart_run_writes_the_run_directory(quickstart_run: Path):
 
     ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2
-    assert ckpt["speechxfer"]["module_class"] == "lightning_modules.ctc.CTCModule"
+    assert ckpt["speechxfer"]["module_class"] == "lightning_modules.finetune.FineTuneCTC"
     best = list((run / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1, "best checkpoint by val/target/wer"
 

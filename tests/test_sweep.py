@@ -176,7 +176,7 @@ def test_parse_config_reads_overrides_without_instantiating(tmp_path):
 # --- optuna backend -------------------------------------------------------------------------------
 
 
-QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+QUICKSTART = REPO / "experiments" / "scratch_demo.yaml"  # from scratch: quickstart.yaml fine-tunes the shipped model
 TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=2", "--trainer.max_epochs=1",
               "--trainer.check_val_every_n_epoch=null", "--trainer.val_check_interval=1",
               "--trainer.limit_val_batches=1", "--trainer.enable_model_summary=false",

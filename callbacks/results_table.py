@@ -1,0 +1,125 @@
+"""``ResultsTable``: the run's validation WER/CER, before and after training, printed when fit ends.
+
+    speechxfer fit --config experiments/quickstart.yaml
+    ...
+    Results (validation sets, WER / CER %):
+    | model                            | target WER | target CER | source WER | source CER |
+    |----------------------------------|------------|------------|------------|------------|
+    | before training (step 0)         |       61.4 |       27.0 |        6.6 |        2.1 |
+    | after: best checkpoint (step 80) |       20.3 |        6.5 |        9.9 |        3.0 |
+    run:             runs/quickstart/20250101-120000
+    best checkpoint: runs/quickstart/20250101-120000/checkpoints/best-80.ckpt
+
+"before" (``before=True``) is the starting model, e.g. the pretrained source model of a transfer
+run, on every validation set before the first optimizer step: ``speechxfer fit`` (``SpeechCLI.before_fit``)
+runs ``trainer.validate`` before ``trainer.fit`` when such a callback is configured (loggers off: the
+run's metrics, summary and sweeps see only the fit's validations), and this callback keeps what that
+validation measured (without the CLI, call ``trainer.validate(model, datamodule)`` before
+``trainer.fit`` yourself). "after" is the validation whose
+monitored metric was best, i.e. the one the best checkpoint was saved at (the ``ModelCheckpoint`` with
+a ``monitor``; without one, the last validation). Both travel in the checkpoint, so a resumed run
+still reports its true start. Printed by global rank 0 only, and written to ``<run dir>/results.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from datamodules.atomic import write_text_atomic
+
+RESULTS_FILE = "results.md"
+METRIC = re.compile(r"^val/(?P<domain>[^/]+)/(?P<name>wer|cer)$")
+
+
+def error_rates(metrics: dict[str, Any]) -> dict[str, float]:
+    """``{"val/<domain>/wer|cer": value}`` from trainer.callback_metrics (tensors or floats)."""
+    return {k: float(v) for k, v in metrics.items() if METRIC.match(k)}
+
+
+def format_table(rows: list[tuple[str, dict[str, float]]], domains: list[str]) -> str:
+    """Markdown table: one row per (label, metrics), a WER and a CER column (in %) per domain."""
+    columns = [f"val/{d}/{m}" for d in domains for m in ("wer", "cer")]
+    headers = ["model"] + [f"{d} {m.upper()}" for d in domains for m in ("wer", "cer")]
+    cells = [[label] + [f"{100 * values[c]:.1f}" if c in values else "-" for c in columns] for label, values in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda items: "| " + " | ".join(  # noqa: E731
+        item.ljust(w) if i == 0 else item.rjust(w) for i, (item, w) in enumerate(zip(items, widths))) + " |"
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+class ResultsTable(Callback):
+    """Prints the before/after table of the module docstring at fit end.
+
+    Args:
+        before: report the starting model too (one extra validation pass before training, run by the
+            CLI); False reports only the after row.
+    """
+
+    def __init__(self, before: bool = False) -> None:
+        self.before_enabled = before
+        self.before: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self.best_step: int | None = None
+
+    # --- "before" (a trainer.validate before fit) and "after" (the best validation of the fit) ---
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = error_rates(trainer.callback_metrics)
+        if trainer.state.fn == "validate":
+            if self.before_enabled and not self.before:  # (a resumed run restored its "before")
+                self.before = metrics
+            return
+        monitor = self.monitor(trainer)
+        if not metrics:
+            return
+        if monitor is None or monitor not in metrics or monitor not in self.best or metrics[monitor] < self.best[monitor]:
+            self.best, self.best_step = metrics, int(trainer.global_step)
+
+    @staticmethod
+    def best_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
+        return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
+
+    def monitor(self, trainer: pl.Trainer) -> str | None:
+        checkpoint = self.best_checkpoint(trainer)
+        return checkpoint.monitor if checkpoint is not None else None
+
+    # --- the table -----------------------------------------------------------------------------
+    def report(self, trainer: pl.Trainer) -> str:
+        """The table, the run directory and the best checkpoint, as printed at fit end."""
+        domains = list(getattr(trainer.datamodule, "val_domains", None) or [])
+        seen = {METRIC.match(k)["domain"] for k in {**self.before, **self.best}}
+        domains = [d for d in domains if d in seen] + sorted(seen - set(domains))
+        rows = []
+        if self.before_enabled and self.before:
+            rows.append(("before training (step 0)", self.before))
+        if self.best:
+            which = "best checkpoint" if self.monitor(trainer) else "last validation"
+            rows.append((f"after: {which} (step {self.best_step})", self.best))
+        checkpoint = self.best_checkpoint(trainer)
+        lines = ["Results (validation sets, WER / CER %):", format_table(rows, domains) if rows else "(no validation ran)",
+                 f"run:             {Path(trainer.default_root_dir)}"]
+        if checkpoint is not None and checkpoint.best_model_path:
+            lines.append(f"best checkpoint: {checkpoint.best_model_path}")
+        return "\n".join(lines)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            report = self.report(trainer)
+            print("\n" + report, flush=True)
+            if not trainer.fast_dev_run:
+                write_text_atomic(Path(trainer.default_root_dir) / RESULTS_FILE, report + "\n")
+
+    # --- checkpointed state --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = dict(state_dict.get("before", {}))
+        self.best = dict(state_dict.get("best", {}))
+        self.best_step = state_dict.get("best_step")
