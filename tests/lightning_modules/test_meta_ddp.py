@@ -1,5 +1,5 @@
 """MetaCTC under a REAL 2-process CPU DDP equals one process on the same episodes (subprocesses: DDP re-executes
-``sys.argv``, so it never runs inside pytest; see tests/test_unfreeze_ddp.py)."""
+``sys.argv``, so it never runs inside pytest; see tests/callbacks/test_unfreeze_ddp.py)."""
 
 from __future__ import annotations
 
