@@ -87,7 +87,7 @@ def test_bench_ddp_quick_gives_identical_metrics():
 def test_transfer_study_quick_writes_report(tmp_path):
     """The default study: demo speech, (b) = the shipped model tested as is, every method starts from it."""
     out = tmp_path / "study"
-    run_script("transfer_study.py", "--quick", "--out", str(out))
+    run_script("transfer_study.py", "--quick", "--out", str(out), timeout=1200)  # ~4 min alone, 17 CLI runs
     report = (out / "report.md").read_text()
     for label in ("(a) scratch", "(b) source only (shipped model)", "(c) fine-tune", "(d) frozen", "(e) DANN",
                   "(f) fine-tune + source replay", "(g) self-training", "(h) self-training after DANN",
@@ -110,7 +110,7 @@ def test_transfer_study_quick_writes_report(tmp_path):
 def test_transfer_study_quick_tone_trains_its_own_source_model(tmp_path):
     out = tmp_path / "study"
     run_script("transfer_study.py", "--quick", "--corpus", "tone", "--only", "b,c", "--set", "beam_size=0",
-               "--out", str(out))
+               "--out", str(out), timeout=1200)
     study = json.loads((out / "study.json").read_text())
     assert study["corpus"] == "tone" and study["results"]["b_source_only"]["steps"] > 0
     assert (out / "runs" / "study" / "b_source_only" / "checkpoints" / "last.ckpt").is_file()
