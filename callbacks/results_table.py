@@ -15,10 +15,11 @@ run, on every validation set before the first optimizer step: ``speechxfer fit``
 runs ``trainer.validate`` before ``trainer.fit`` when such a callback is configured (loggers off: the
 run's metrics, summary and sweeps see only the fit's validations), and this callback keeps what that
 validation measured (without the CLI, call ``trainer.validate(model, datamodule)`` before
-``trainer.fit`` yourself). "after" is the validation whose
-monitored metric was best, i.e. the one the best checkpoint was saved at (the ``ModelCheckpoint`` with
-a ``monitor``; without one, the last validation). Both travel in the checkpoint, so a resumed run
-still reports its true start. Printed by global rank 0 only, and written to ``<run dir>/results.md``.
+``trainer.fit`` yourself). "after" is the validation the best checkpoint was saved at:
+``BestCheckpoint`` (``callbacks/checkpointing.py``) alone decides which one is best (its ``best_step``;
+monitor, then tie-breakers), this callback only keeps every validation's WER/CER by step and prints the
+row of that step next to that checkpoint's path; without a ``BestCheckpoint``, the last validation.
+Both travel in the checkpoint, so a resumed run still reports its true start. Printed by global rank 0 only, and written to ``<run dir>/results.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
+
+from callbacks.checkpointing import BestCheckpoint
 
 from datamodules.atomic import write_text_atomic
 
@@ -63,10 +66,9 @@ class ResultsTable(Callback):
     def __init__(self, before: bool = False) -> None:
         self.before_enabled = before
         self.before: dict[str, float] = {}
-        self.best: dict[str, float] = {}
-        self.best_step: int | None = None
+        self.validations: dict[int, dict[str, float]] = {}  # global step -> WER/CER of the fit's validation then
 
-    # --- "before" (a trainer.validate before fit) and "after" (the best validation of the fit) ---
+    # --- "before" (a trainer.validate before fit) and every validation of the fit --------------
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -74,33 +76,37 @@ class ResultsTable(Callback):
         if trainer.state.fn == "validate":
             if self.before_enabled and not self.before:  # (a resumed run restored its "before")
                 self.before = metrics
-            return
-        monitor = self.monitor(trainer)
-        if not metrics:
-            return
-        if monitor is None or monitor not in metrics or monitor not in self.best or metrics[monitor] < self.best[monitor]:
-            self.best, self.best_step = metrics, int(trainer.global_step)
+        elif metrics:
+            self.validations[int(trainer.global_step)] = metrics
 
     @staticmethod
-    def best_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
-        return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
+    def best_checkpoint(trainer: pl.Trainer) -> BestCheckpoint | None:
+        """The run's ``BestCheckpoint``: the one owner of which validation is best."""
+        return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, BestCheckpoint)), None)
 
-    def monitor(self, trainer: pl.Trainer) -> str | None:
+    def after(self, trainer: pl.Trainer) -> tuple[str, int, dict[str, float]] | None:
+        """(label, step, WER/CER) of the after row: the best checkpoint's validation, else the last one."""
         checkpoint = self.best_checkpoint(trainer)
-        return checkpoint.monitor if checkpoint is not None else None
+        if checkpoint is not None and checkpoint.best_step in self.validations:
+            return "best checkpoint", checkpoint.best_step, self.validations[checkpoint.best_step]
+        if self.validations:
+            step = max(self.validations)
+            return "last validation", step, self.validations[step]
+        return None
 
     # --- the table -----------------------------------------------------------------------------
     def report(self, trainer: pl.Trainer) -> str:
         """The table, the run directory and the best checkpoint, as printed at fit end."""
-        domains = list(getattr(trainer.datamodule, "val_domains", None) or [])
-        seen = {METRIC.match(k)["domain"] for k in {**self.before, **self.best}}
-        domains = [d for d in domains if d in seen] + sorted(seen - set(domains))
         rows = []
         if self.before_enabled and self.before:
             rows.append(("before training (step 0)", self.before))
-        if self.best:
-            which = "best checkpoint" if self.monitor(trainer) else "last validation"
-            rows.append((f"after: {which} (step {self.best_step})", self.best))
+        after = self.after(trainer)
+        if after is not None:
+            which, step, metrics = after
+            rows.append((f"after: {which} (step {step})", metrics))
+        domains = list(getattr(trainer.datamodule, "val_domains", None) or [])
+        seen = {METRIC.match(k)["domain"] for _, metrics in rows for k in metrics}
+        domains = [d for d in domains if d in seen] + sorted(seen - set(domains))
         checkpoint = self.best_checkpoint(trainer)
         lines = ["Results (validation sets, WER / CER %):", format_table(rows, domains) if rows else "(no validation ran)",
                  f"run:             {Path(trainer.default_root_dir)}"]
@@ -117,9 +123,8 @@ class ResultsTable(Callback):
 
     # --- checkpointed state --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "best": self.best, "best_step": self.best_step}
+        return {"before": self.before, "validations": self.validations}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = dict(state_dict.get("before", {}))
-        self.best = dict(state_dict.get("best", {}))
-        self.best_step = state_dict.get("best_step")
+        self.validations = {int(step): dict(m) for step, m in state_dict.get("validations", {}).items()}
