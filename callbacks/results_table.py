@@ -19,7 +19,12 @@ validation measured (without the CLI, call ``trainer.validate(model, datamodule)
 ``BestCheckpoint`` (``callbacks/checkpointing.py``) alone decides which one is best (its ``best_step``;
 monitor, then tie-breakers), this callback only keeps every validation's WER/CER by step and prints the
 row of that step next to that checkpoint's path; without a ``BestCheckpoint``, the last validation.
-Both travel in the checkpoint, so a resumed run still reports its true start. Printed by global rank 0 only, and written to ``<run dir>/results.md``.
+Both travel in the checkpoint, so a resumed run still reports its true start. Printed by global rank 0
+only, and written to ``<run dir>/results.md``.
+
+With the model's ``eval_decoders`` (e.g. ``beam``: lexicon + n-gram LM) and ``eval_decoders_in_fit: true``,
+each of the two rows gets a second row ``..., beam`` with that decoder's WER/CER on the same log-probs
+(``val_beam/<domain>/*``); greedy is always the first row and picks the best checkpoint.
 """
 
 from __future__ import annotations
@@ -36,12 +41,22 @@ from callbacks.checkpointing import BestCheckpoint
 from datamodules.atomic import write_text_atomic
 
 RESULTS_FILE = "results.md"
-METRIC = re.compile(r"^val/(?P<domain>[^/]+)/(?P<name>wer|cer)$")
+METRIC = re.compile(r"^val(?:_(?P<decoder>[a-z0-9]+))?/(?P<domain>[^/]+)/(?P<name>wer|cer)$")
 
 
 def error_rates(metrics: dict[str, Any]) -> dict[str, float]:
-    """``{"val/<domain>/wer|cer": value}`` from trainer.callback_metrics (tensors or floats)."""
+    """``{"val[_<decoder>]/<domain>/wer|cer": value}`` from trainer.callback_metrics (tensors or floats)."""
     return {k: float(v) for k, v in metrics.items() if METRIC.match(k)}
+
+
+def by_decoder(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"greedy": {"val/<domain>/wer": ...}, "<decoder>": {"val/<domain>/wer": ...}}``: the ``eval_decoders``
+    metrics (``val_<decoder>/...``) renamed to the greedy names, one dict per decoder, greedy first."""
+    out: dict[str, dict[str, float]] = {"greedy": {}}
+    for key, value in metrics.items():
+        match = METRIC.match(key)
+        out.setdefault(match["decoder"] or "greedy", {})[f"val/{match['domain']}/{match['name']}"] = value
+    return out
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]], domains: list[str]) -> str:
@@ -53,6 +68,12 @@ def format_table(rows: list[tuple[str, dict[str, float]]], domains: list[str]) -
     line = lambda items: "| " + " | ".join(  # noqa: E731
         item.ljust(w) if i == 0 else item.rjust(w) for i, (item, w) in enumerate(zip(items, widths))) + " |"
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def decoder_rows(label: str, metrics: dict[str, float]) -> list[tuple[str, dict[str, float]]]:
+    """One row per decoder: greedy as ``label``, each ``eval_decoders`` entry as ``label, <decoder>``."""
+    return [(label if name == "greedy" else f"{label}, {name}", values)
+            for name, values in by_decoder(metrics).items() if values]
 
 
 class ResultsTable(Callback):
@@ -99,11 +120,11 @@ class ResultsTable(Callback):
         """The table, the run directory and the best checkpoint, as printed at fit end."""
         rows = []
         if self.before_enabled and self.before:
-            rows.append(("before training (step 0)", self.before))
+            rows += decoder_rows("before training (step 0)", self.before)
         after = self.after(trainer)
         if after is not None:
             which, step, metrics = after
-            rows.append((f"after: {which} (step {step})", metrics))
+            rows += decoder_rows(f"after: {which} (step {step})", metrics)
         domains = list(getattr(trainer.datamodule, "val_domains", None) or [])
         seen = {METRIC.match(k)["domain"] for _, metrics in rows for k in metrics}
         domains = [d for d in domains if d in seen] + sorted(seen - set(domains))

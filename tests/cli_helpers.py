@@ -86,6 +86,8 @@ class TinySubstitutions:
             handler = getattr(self, f"_{kind}", None)
             if handler is not None:
                 node["init_args"] = handler(dict(args))
+        for decoder in (node.get("eval_decoders") or {}).values():  # shipped LM / lexicon: repo-relative paths
+            decoder.update({k: str(REPO / v) for k, v in decoder.items() if k in ("lexicon", "lm") and v})
         if "feature_cache_dir" in node:
             node["feature_cache_dir"] = str(self.work / "feature_cache")
         if isinstance(node.get("noise"), str) and self._root(node["noise"]) is None:  # augment noise under data/

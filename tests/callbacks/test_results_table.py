@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import pytest
 import torch
 from callbacks.checkpointing import BestCheckpoint
-from callbacks.results_table import ResultsTable, format_table
+from callbacks.results_table import ResultsTable, decoder_rows, format_table
 from lightning_modules import CTCModule
 from tests.conftest import QUIET, TinyDataModule, make_tiny_backbone
 
@@ -21,6 +21,14 @@ def test_format_table_columns_per_domain():
     assert lines[0].split("|")[1:-1] == [" model  ", " target WER ", " target CER ", " source WER ", " source CER "]
     assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["before", "50.0", "25.0", "-", "-"]
     assert [c.strip() for c in lines[3].split("|")[1:-1]] == ["after", "12.5", "6.2", "100.0", "-"]
+
+
+def test_each_eval_decoder_gets_its_own_row_under_the_greedy_one():
+    metrics = {"val/target/wer": 0.75, "val/target/cer": 0.5, "val_beam/target/wer": 0.5, "val_beam/target/cer": 0.25}
+    assert decoder_rows("after", metrics) == [
+        ("after", {"val/target/wer": 0.75, "val/target/cer": 0.5}),
+        ("after, beam", {"val/target/wer": 0.5, "val/target/cer": 0.25})]
+    assert decoder_rows("before", {"val/target/wer": 1.0}) == [("before", {"val/target/wer": 1.0})]
 
 
 def module(datamodule: TinyDataModule) -> CTCModule:
