@@ -16,6 +16,7 @@
     BestCheckpoint           best checkpoint by WER, ties broken by CER then loss (checkpointing.py)
     NonFiniteGuard           a non-finite loss/gradient stops the run naming the batch, or skips and counts (nonfinite.py)
     BadInputReport           load-time bad-input skips per epoch, every count in summary.json (bad_input.py)
+    WandbAdaptationCurve     few-shot test WER vs k shots as a W&B line plot (wandb_extras.py)
     ResultsTable             before/after WER/CER table at fit end, results.md in the run dir (results_table.py)
     IntraOpThreads           torch intra-op threads for the run (threads.py)
 """
@@ -32,10 +33,10 @@ from callbacks.threads import IntraOpThreads
 from callbacks.throughput import AudioThroughput
 from callbacks.tta import TestTimeAdaptation
 from callbacks.unfreeze import GradualUnfreezing
-from callbacks.wandb_extras import WandbLayerWeights, WandbValidationSamples
+from callbacks.wandb_extras import WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples
 
 __all__ = [
     "AudioThroughput", "BadInputReport", "BestCheckpoint", "GradSync", "GradualUnfreezing", "IntraOpThreads",
     "LastCheckpoint", "NonFiniteGuard", "RandomState", "ResultsTable", "ResumeAtEpochEnd", "RunSummary", "SlurmRequeue",
-    "TestTimeAdaptation", "WandbLayerWeights", "WandbValidationSamples",
+    "TestTimeAdaptation", "WandbAdaptationCurve", "WandbLayerWeights", "WandbValidationSamples",
 ]

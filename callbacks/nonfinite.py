@@ -36,11 +36,14 @@ class NonFiniteError(RuntimeError):
 
 
 def batch_ids(batch: Any) -> list[str]:
-    """Utterance ids of a batch dict (or of both halves of a DANN ``{"source", "target"}`` batch)."""
+    """Utterance ids of a batch dict (or of both halves of a DANN ``{"source", "target"}`` batch, or of the
+    support and query of every episode of a meta-batch: a list of episode dicts)."""
     if isinstance(batch, dict) and "ids" in batch:
         return list(batch["ids"])
     if isinstance(batch, dict):
         return [i for key in sorted(batch) for i in batch_ids(batch[key])]
+    if isinstance(batch, list):
+        return [i for item in batch for i in batch_ids(item)]
     return []
 
 

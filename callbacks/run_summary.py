@@ -23,7 +23,7 @@ bad-input count; ``NonFiniteGuard``: skipped steps). ``"finished"`` is written a
 checkpoint (``LastCheckpoint`` saves at train end, before fit end); a fit that ``SlurmRequeue`` stopped
 is ``"requeued"``; a fit that raised is ``"failed"`` with the error.
 
-``speechxfer test`` adds ``"test": {<test/* metric>: value}`` and the callbacks' entries (e.g. the
+``speechxfer test`` adds ``"test": {<test/* metric>: value}`` (e.g. the few-shot ``test/fewshot/k5/wer``) and the callbacks' entries (e.g. the
 test-time adaptation cost, ``"tta"``) to the run dir's ``summary.json``, keeping a fit summary that is
 already there; a test-only run dir gets ``{"status": "tested", "method", "module_class", "backbone", "data",
 "test", ...}``.

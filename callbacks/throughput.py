@@ -24,13 +24,21 @@ def batch_audio(batch: Any) -> tuple[torch.Tensor, int]:
     """(total valid audio samples as a 0-d tensor, number of utterances) of a batch.
 
     Plain batches use ``batch["lengths"]`` (B,); domain-adaptation batches ``{"source": b, "target": b}``
-    count both sub-batches.
+    count both sub-batches; meta-learning batches (lists of episodes ``{"support": b | None, "query": b,
+    ...}``) count every support and query batch.
     """
     if isinstance(batch, dict) and "lengths" in batch:
         lengths = batch["lengths"]
         return lengths.sum(), int(lengths.numel())
-    if isinstance(batch, dict) and batch and all(isinstance(b, dict) for b in batch.values()):
-        parts = [batch_audio(b) for b in batch.values()]
+    parts_of = []
+    if isinstance(batch, list):  # a meta-batch of episodes
+        parts_of = batch
+    elif isinstance(batch, dict) and "query" in batch:  # an episode
+        parts_of = [b for b in (batch.get("support"), batch["query"]) if b is not None]
+    elif isinstance(batch, dict) and batch and all(isinstance(b, dict) for b in batch.values()):
+        parts_of = list(batch.values())
+    if parts_of:
+        parts = [batch_audio(b) for b in parts_of]
         return torch.stack([s for s, _ in parts]).sum(), sum(n for _, n in parts)
     found = list(batch) if isinstance(batch, dict) else type(batch).__name__
     raise ValueError(f"AudioThroughput: batch has no 'lengths' (got {found})")

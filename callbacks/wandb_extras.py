@@ -1,4 +1,5 @@
-"""Weights & Biases extras: validation transcripts with audio, featurizer layer weights as a bar chart.
+"""Weights & Biases extras: validation transcripts with audio, featurizer layer weights as a bar chart,
+the few-shot adaptation curve as a line plot.
 
 Why the audio is logged twice (wandb 0.31): a ``wandb.Table`` logged to a run is stored as a ``run_table``
 *artifact* (where its ``wandb.Audio`` cells are real files, playable in the W&B UI once the artifact is
@@ -27,6 +28,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.base import eval_domain_name, speech_datamodule
 from datamodules.batch import SAMPLE_RATE
+from datamodules.episodic import FEWSHOT_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +151,29 @@ class WandbLayerWeights(_WandbOnly):
                             data=[[str(layer), float(w)] for layer, w in zip(labels, weights.tolist())])
         chart = wandb.plot.bar(table, "layer", "weight", title="featurizer layer weights")
         logger.log_metrics({self.key: chart}, step=trainer.global_step)
+
+
+class WandbAdaptationCurve(_WandbOnly):
+    """At the end of a few-shot test (``test/fewshot/k<k>/{wer,cer}``), the WER vs k curve as a W&B line plot.
+
+    The table ``<key>`` (columns k, wer, cer) lets W&B overlay the curves of several runs (methods).
+    """
+
+    def __init__(self, key: str = "test/fewshot/curve") -> None:
+        super().__init__()
+        self.key = key
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = self._logger(trainer)
+        points: dict[float, dict[str, float]] = {}
+        for name, value in trainer.callback_metrics.items():
+            if (match := FEWSHOT_METRIC.match(name)) is not None:
+                points.setdefault(float(match.group(1)), {})[match.group(2)] = float(value)
+        if logger is None or not points:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["k", "wer", "cer"],
+                            data=[[k, v.get("wer"), v.get("cer")] for k, v in sorted(points.items())])
+        chart = wandb.plot.line(table, "k", "wer", title="query WER vs support shots (few-shot test)")
+        logger.experiment.log({self.key: chart, f"{self.key}_table": table})

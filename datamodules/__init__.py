@@ -9,3 +9,4 @@ from datamodules.sampling import DurationBucketingSampler
 from datamodules.base import SpeechDataModule
 from datamodules.asr import ASRDataModule
 from datamodules.domain import DomainAdaptationDataModule
+from datamodules.episodic import EpisodicDataModule

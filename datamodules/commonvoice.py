@@ -26,7 +26,8 @@ from datamodules.manifest_cache import stat_entry
 from datamodules.probe import probe_recording
 
 REQUIRED_COLUMNS = ("path", "sentence")
-METADATA_COLUMNS = ("gender", "age", "accents")  # copied into supervision.custom when non-empty
+# copied into supervision.custom when non-empty (meta-learning tasks can be keyed by any of them, datamodules/tasks.py)
+METADATA_COLUMNS = ("gender", "age", "accents", "variant", "sentence_domain")
 
 
 def tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -42,7 +43,8 @@ class CommonVoiceCorpus(Corpus):
     """One split (``train``/``dev``/``test``/``validated``/...) of one Common Voice locale.
 
     Cut ids are clip stems; ``speaker`` is ``client_id``; supervision ``custom`` is
-    ``{"corpus": "commonvoice", "subset": split, "locale": ..., + gender/age/accents if given}``.
+    ``{"corpus": "commonvoice", "subset": split, "locale": ..., + gender/age/accents/variant/sentence_domain
+    if given}``.
     MP3s at 48 or 32 kHz are resampled lazily to 16 kHz; other rates too, counted as a note.
     """
 

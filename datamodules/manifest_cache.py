@@ -33,7 +33,7 @@ from datamodules.atomic import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # bump when the scanners change what they put in the manifest
+SCHEMA_VERSION = 3  # bump when the scanners change what they put in the manifest (3: CV variant, sentence_domain)
 USER_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "speechxfer"
 LOCAL_CACHE_NAME = ".speechxfer_cache"
 

@@ -241,9 +241,11 @@ class CountingDataLoader(DataLoader):
 
 
 def make_loader(dataset: Dataset, sampler: DurationBucketingSampler, num_workers: int = 0,
-                pin_memory: bool = False) -> CountingDataLoader:
-    """lhotse-style loader: the sampler yields CutSets, the dataset turns each into a batch dict."""
-    return CountingDataLoader(
+                pin_memory: bool = False, loader_class: type[CountingDataLoader] = CountingDataLoader
+                ) -> CountingDataLoader:
+    """lhotse-style loader: the sampler yields CutSets, the dataset turns each into a batch dict
+    (``loader_class``: a ``CountingDataLoader`` subclass, e.g. ``datamodules.episodic.EpisodeLoader``)."""
+    return loader_class(
         dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
         persistent_workers=num_workers > 0, pin_memory=pin_memory,
         # worker seeds come from this generator, not the global RNG, so resuming a run

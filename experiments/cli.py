@@ -19,6 +19,7 @@ exit status 2; for a fit stopped for a SLURM requeue see ``experiments/slurm_sig
 Tools with their own arguments::
 
     speechxfer transcribe --ckpt model.ckpt audio.flac [more files or folders]
+    speechxfer adapt --ckpt model.ckpt --support spk/ --steps 5 --lr 0.05 --out spk.ckpt
     speechxfer lm --ckpt model.ckpt --data experiments/data/demo_source.yaml   # n-gram LM + lexicon
     speechxfer sweep experiments/sweeps/quickstart_lr.yaml --backend optuna
     speechxfer compare runs/quickstart/* --out report/
@@ -86,7 +87,7 @@ def checkpoint_io(trainer_config: dict, run_dir: Path | None) -> list:
     checkpoints = run_dir / "checkpoints" if run_dir is not None else None
 
     def on_saved(path: Path) -> None:  # rank 0: `latest` follows a run once it has a checkpoint
-        if checkpoints is not None and path.parent == checkpoints:
+        if checkpoints is not None and path.parent.resolve() == checkpoints.resolve():  # runs_dir may be relative
             link_latest(run_dir)
 
     return [*plugins, AtomicCheckpointIO(on_saved=on_saved)]
@@ -202,12 +203,13 @@ def default_callbacks(present: list[Callback], with_logger: bool = True) -> list
 
     from callbacks import (
         AudioThroughput, BadInputReport, NonFiniteGuard, RandomState, ResultsTable, ResumeAtEpochEnd, RunSummary,
-        SlurmRequeue, WandbLayerWeights, WandbValidationSamples,
+        SlurmRequeue, WandbAdaptationCurve, WandbLayerWeights, WandbValidationSamples,
     )
 
     have = {type(cb) for cb in present}
-    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, ResumeAtEpochEnd, RandomState,
-              ResultsTable, BadInputReport, NonFiniteGuard]  # NonFiniteGuard last: it sees the gradients others synced
+    wanted = [RunSummary, AudioThroughput, WandbValidationSamples, WandbLayerWeights, WandbAdaptationCurve,
+              ResumeAtEpochEnd, RandomState, ResultsTable, BadInputReport,
+              NonFiniteGuard]  # NonFiniteGuard last: it sees the gradients others synced
     if in_slurm_batch_job():
         wanted.append(SlurmRequeue)  # checkpoint + stop for a requeue on sbatch --signal=SIGUSR1@90
     added = [cls() for cls in wanted if cls not in have]

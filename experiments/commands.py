@@ -30,6 +30,7 @@ TRAINING = {  # name -> (summary, example)
 }
 TOOLS = {  # name -> module whose main(argv) runs it
     "transcribe": "experiments.transcribe",
+    "adapt": "experiments.adapt",
     "lm": "experiments.lm",
     "sweep": "experiments.sweep",
     "compare": "experiments.compare",

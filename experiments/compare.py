@@ -11,6 +11,9 @@ runs of a W&B project (needs network + credentials). Writes to ``--out``:
 minutes, trainable params, best source/target WER and CER, wall time), ``runs.csv`` (the same
 numbers, unformatted), ``wer_curves.png`` and ``target_wer_vs_minutes.png``. Rows: runs with a
 target domain first, sorted by best target WER, then source-only runs by best source WER.
+Runs with a few-shot test (``speechxfer test`` on an ``EpisodicDataModule`` with ``test_shots``) also
+give the adaptation curve: ``adaptation_curve.png`` (query WER vs k shots, one line per run), a
+"Few-shot adaptation" table in the report and ``fewshot.csv``.
 
 Runs of ``speechxfer validate`` / ``test`` add their metric families as columns when present:
 ``test`` (greedy) and one family per extra decoder (``test_beam``, ``val_beam``, ...; see
@@ -29,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.commands import tool_parser
-from experiments.report_plots import plot_target_wer_vs_minutes, plot_wer_curves
+from experiments.report_plots import plot_adaptation_curve, plot_target_wer_vs_minutes, plot_wer_curves
 from experiments.run_records import RunRecord, discover, load_wandb_project
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ COLUMNS = [
     ("target_wer", "target WER %"), ("target_cer", "target CER %"), ("headline", "headline"),
     ("wall_time", "wall time"),
 ]
-FIGURES = ("wer_curves.png", "target_wer_vs_minutes.png")
+FIGURES = ("wer_curves.png", "target_wer_vs_minutes.png")  # always written
+ADAPTATION_FIGURE = "adaptation_curve.png"  # runs with a few-shot test
 PERCENT = ("source_wer", "source_cer", "target_wer", "target_cer")
 
 
@@ -104,6 +108,14 @@ def format_row(record: RunRecord) -> dict[str, str]:
     return out
 
 
+def fewshot_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the few-shot test: query WER % after adapting on k shots, one row per run."""
+    shots = sorted({k for r in records for k in r.fewshot})
+    rows = [[r.name, r.method or ""] + [f"{100 * r.fewshot[k]['wer']:.2f}" if "wer" in r.fewshot.get(k, {}) else ""
+                                        for k in shots] for r in records if r.fewshot]
+    return ["run", "method"] + [f"k={k:g} WER %" for k in shots], rows
+
+
 def caption(records: list[RunRecord]) -> str:
     extra = " Test / per-decoder columns: values logged by `speechxfer test` / `validate` runs." \
         if family_columns(records) else ""
@@ -119,6 +131,12 @@ def markdown_report(records: list[RunRecord], skipped: list[tuple[str, str]]) ->
         lines.append("| " + " | ".join(row.get(key, "").replace("|", "\\|") for key, _ in cols) + " |")
     lines += ["", "![validation WER curves](wer_curves.png)", ""]
     lines += ["![target WER vs labelled minutes](target_wer_vs_minutes.png)"]
+    header, rows = fewshot_table(records)
+    if rows:
+        lines += ["", "## Few-shot adaptation (test: query WER after adapting on k utterances per held-out task)", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", "![adaptation curve](adaptation_curve.png)"]
     if skipped:
         lines += ["", f"## Skipped ({len(skipped)})", ""] + [f"- `{path}`: {reason}" for path, reason in skipped]
     return "\n".join(lines) + "\n"
@@ -132,6 +150,12 @@ def html_report(records: list[RunRecord], skipped: list[tuple[str, str]]) -> str
         for row in (format_row(r) for r in records)
     )
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in FIGURES)
+    header, rows = fewshot_table(records)
+    if rows:
+        figures += ("<h2>Few-shot adaptation</h2><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
+                    + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                                                       for row in rows)
+                    + f'</tbody></table><p><img src="{ADAPTATION_FIGURE}" alt="{ADAPTATION_FIGURE}"></p>')
     skips = "".join(f"<li><code>{esc(p)}</code>: {esc(r)}</li>" for p, r in skipped)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>speechxfer run comparison</title>"
@@ -149,6 +173,15 @@ def write_report(records: list[RunRecord], out: Path, formats: Sequence[str] = (
     out.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=sort_key)
     written = [plot_wer_curves(records, out / FIGURES[0]), plot_target_wer_vs_minutes(records, out / FIGURES[1])]
+    if any(r.fewshot for r in records):
+        written.append(plot_adaptation_curve(records, out / ADAPTATION_FIGURE))
+        with open(out / "fewshot.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["run", "method", "shots", "wer", "cer"])
+            for r in records:
+                for k, values in sorted(r.fewshot.items()):
+                    writer.writerow([r.name, r.method, f"{k:g}", values.get("wer"), values.get("cer")])
+        written.append(out / "fewshot.csv")
     with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[key for key, _ in columns(records)] + ["origin", "path", "status"],
                                 extrasaction="ignore")

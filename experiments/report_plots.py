@@ -67,3 +67,26 @@ def plot_target_wer_vs_minutes(records: list[RunRecord], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_adaptation_curve(records: list[RunRecord], path: Path) -> Path:
+    """Few-shot test WER vs support shots k (adapted on k utterances per held-out task), one line per run."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    drawn = [r for r in records if any("wer" in v for v in r.fewshot.values())]
+    for record in drawn:
+        points = sorted((k, v["wer"]) for k, v in record.fewshot.items() if "wer" in v)
+        ax.plot([k for k, _ in points], [w for _, w in points], marker="o", label=f"{record.name} ({record.method})")
+    if drawn:
+        ax.legend(fontsize="small")
+        ax.set_xscale("symlog", linthresh=1)
+        shots = sorted({k for r in drawn for k in r.fewshot})
+        ax.set_xticks(shots, [f"{k:g}" for k in shots])
+    else:
+        _empty(ax, "no few-shot test results (speechxfer test with EpisodicDataModule test_shots)")
+    ax.set(xlabel="support utterances per held-out task (k shots)", ylabel="query WER after adaptation",
+           title="Adaptation curve (few-shot test)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from datamodules.episodic import FEWSHOT_METRIC
+
 log = logging.getLogger(__name__)
 # val/<domain>/<wer|cer>, test/..., and the same per extra decoder: val_<decoder>/..., test_<decoder>/...
 VAL_METRIC = re.compile(r"^(val|test)(_[a-z0-9]+)?/([^/]+)/(wer|cer)$")
@@ -40,7 +42,8 @@ class RunRecord:
 
     ``best`` maps ``val/<domain>/<wer|cer>`` (and ``test/...``, ``val_<decoder>/...``, ``test_<decoder>/...``
     from validate/test runs with ``eval_decoders``) to the best (lowest) value; ``curves`` maps the same
-    names to ``[(step, value), ...]`` in step order.
+    names to ``[(step, value), ...]`` in step order; ``fewshot`` maps k (support shots) to
+    ``{"wer": ..., "cer": ...}`` of a few-shot test (``summary.json["test"]``).
     """
 
     name: str
@@ -57,6 +60,7 @@ class RunRecord:
     headline_metric: str | None = None  # "val/<domain>/<wer|cer>" from summary.json (CER: no-space languages)
     best: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    fewshot: dict[float, dict[str, float]] = field(default_factory=dict)
 
     def best_of(self, domain: str, kind: str = "wer", family: str = "val") -> float | None:
         """Best ``<family>/<domain>/<kind>``; family "val", "test", "test_beam", ..."""
@@ -160,6 +164,9 @@ def _from_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.headline_metric = summary.get("headline_metric", record.headline_metric)
     for name, best in (summary.get("best") or {}).items():
         record.best[name] = float(best["value"] if isinstance(best, dict) else best)
+    for name, value in (summary.get("test") or {}).items():
+        if (match := FEWSHOT_METRIC.match(name)) and _float(value) is not None:
+            record.fewshot.setdefault(float(match.group(1)), {})[match.group(2)] = float(value)
 
 
 def _from_config(record: RunRecord, config: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from datamodules.augment import SpecAugment
 from datamodules.base import Tokenizer, eval_domain_name, speech_datamodule
 from datamodules.ctc_check import ctc_infeasible
 from datamodules.text import tokenizer_from_dict
+from lightning_modules.adaptation import AdaptationRecipe, adapted_outputs, is_episode
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.decoding import Decoder, DecoderConfig, build_decoder, greedy_decode  # noqa: F401 (re-export)
 from lightning_modules.featurizer import WeightedLayerSum, build_featurizer, resolve_layers
@@ -229,10 +230,15 @@ class CTCModule(pl.LightningModule):
         """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP), and
         with ``eval_decoders`` (validate/test) each extra decoder's WER/CER.
 
-        Returns ``{"ids", "transcripts"}`` (greedy, as ``predict_step``; callbacks get it as ``outputs``).
+        An episode batch (``datamodules.episodic``) is scored on its query after adapting on its
+        support (``lightning_modules.adaptation``). Returns ``{"ids", "transcripts"}`` (greedy, as
+        ``predict_step``; callbacks get it as ``outputs``).
         """
         domain, (key, metrics) = eval_domain_name(self._trainer, stage, idx), self._metric_set(stage, idx)
-        log_probs, lengths = self.eval_forward(batch)
+        if is_episode(batch):
+            batch, (log_probs, lengths) = adapted_outputs(self, batch)
+        else:
+            log_probs, lengths = self.eval_forward(batch)
         size = len(batch["lengths"])
         logged = {}
         if "targets" in batch:
@@ -251,6 +257,11 @@ class CTCModule(pl.LightningModule):
             for decoder in self._active_eval_decoders():
                 self._eval_decoder(f"{stage}_{decoder}", decoder, log_probs, lengths, batch, idx, domain)
         return {"ids": list(batch["ids"]), "transcripts": hyps}
+
+    def adaptation_recipe(self) -> AdaptationRecipe:
+        """How this module adapts to a task's support set (few-shot evaluation, ``speechxfer adapt``):
+        nothing of its own here (the evaluation protocol sets it); ``MetaCTC`` returns its inner loop."""
+        return AdaptationRecipe()
 
     def _eval_decoder(self, prefix: str, decoder: str, log_probs: Tensor, lengths: Tensor, batch: dict, idx: int,
                       domain: str) -> None:

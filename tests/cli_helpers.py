@@ -48,6 +48,9 @@ TINY_TORCHAUDIO = {
 CPU_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true"}
 LS_COUNTS = {"train": 12, "dev": 4, "test": 4}  # utterances per generated LibriSpeech subset, by prefix
 CV_COUNTS = {"train": 12, "dev": 4, "test": 4}  # clips per generated Common Voice split (others: 4)
+CV_ACCENTS = ("United States English", "England English", "Scottish English")  # one per generated client
+TINY_EPISODES = {"shots": 1, "queries": 1, "eval_shots": 1, "eval_queries": 1, "test_shots": [0, 1], "meta_val": 1,
+                 "meta_test": 1, "tasks_per_step": 1}  # EpisodicDataModule sizes that fit the generated corpora
 
 
 # ---------------------------------------------------------------- configs
@@ -124,6 +127,10 @@ class TinySubstitutions:
 
     _DomainAdaptationDataModule = _ASRDataModule  # noqa: N815
 
+    def _EpisodicDataModule(self, args: dict) -> dict:  # noqa: N802
+        tiny = str(self.work / "tiny_corpus") in json.dumps(args.get("corpora"))
+        return {**args, "num_workers": 0, **(TINY_EPISODES if tiny else {})}
+
     def _TorchaudioBackbone(self, args: dict) -> dict:  # noqa: N802
         bundle = args.get("bundle", "WAV2VEC2_BASE")
         overrides = {**(args.get("config_overrides") or {}), **TINY_TORCHAUDIO}
@@ -152,7 +159,8 @@ class TinySubstitutions:
         for locale in sorted({loc for loc, _ in self.commonvoice}):
             if not (root / "commonvoice" / locale / "train.tsv").is_file():
                 splits = (set(CV_COUNTS) | {s for loc, s in self.commonvoice if loc == locale}) - {"validated"}
-                make_commonvoice(root / "commonvoice", locale, {s: CV_COUNTS.get(s, 4) for s in sorted(splits)})
+                make_commonvoice(root / "commonvoice", locale, {s: CV_COUNTS.get(s, 4) for s in sorted(splits)},
+                                 accents=CV_ACCENTS)
                 add_commonvoice_clip(root / "commonvoice", locale, "train", " ".join(WORDS))
 
 

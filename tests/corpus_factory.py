@@ -90,8 +90,12 @@ def make_commonvoice(
     sample_rate: int = 48000,
     shift: float = 0.5,
     seed: int = 1,
+    accents: tuple[str, ...] = (),
 ) -> Path:
-    """Write a Common Voice release folder ``root/<locale>/clips/*.mp3`` + split TSVs; returns root."""
+    """Write a Common Voice release folder ``root/<locale>/clips/*.mp3`` + split TSVs; returns root.
+
+    Clip ``i`` of a split is read by ``client<i % 3>``; ``accents`` (cycled by client) fills the accents column.
+    """
     splits = splits or {"train": 12, "dev": 4, "test": 4}
     rng = random.Random(seed)
     base = Path(root) / locale
@@ -103,7 +107,8 @@ def make_commonvoice(
             name = f"common_voice_{locale}_{split}_{i:05d}.mp3"
             text = sentence(rng)
             sf.write(base / "clips" / name, tone_speech(text, sample_rate, shift=shift, seed=seed + i), sample_rate)
-            row = [f"client{i % 3}", name, text.capitalize() + ".", "2", "0", "", "", "", "", locale, ""]
+            accent = accents[i % 3 % len(accents)] if accents else ""
+            row = [f"client{i % 3}", name, text.capitalize() + ".", "2", "0", "", "", accent, "", locale, ""]
             rows.append(row)
         write_tsv(base / f"{split}.tsv", rows)
         validated += rows

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_common import parse_result_lines  # noqa: E402
 
 
+@pytest.mark.slow  # end-to-end, > 30 s on 2 cores
 def test_bench_decode_quick_reports_every_decoder_against_greedy():
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     env.pop("SPEECHXFER_RUN_DIR", None)

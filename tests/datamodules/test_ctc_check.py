@@ -17,7 +17,7 @@ from lightning_modules.backbones import TorchaudioBackbone
 from tests.cli_helpers import TINY_TORCHAUDIO
 from tests.conftest import QUIET, make_tiny_backbone
 from tests.corpus_factory import make_librispeech
-from tests.test_datamodule import rewrite_transcript, first_uid
+from tests.datamodules.test_asr import rewrite_transcript, first_uid
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

@@ -1,5 +1,5 @@
 """The scan's audio probe (issue 11, items 12, 13): the decoder's reason reaches the message in full;
-a 0-sample FLAC is ``empty_audio`` (also ``tests/test_bad_input.py::test_zero_sample_flac``)."""
+a 0-sample FLAC is ``empty_audio`` (also ``tests/datamodules/test_bad_input.py::test_zero_sample_flac``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datamodules import errors as E
 from datamodules.corpora import LibriSpeechCorpus
 from datamodules.errors import BadInputError
 from tests.corpus_factory import make_librispeech
-from tests.test_bad_input import zero_sample_flac
+from tests.datamodules.test_bad_input import zero_sample_flac
 
 
 def test_unreadable_audio_message_carries_the_decoders_reason(tmp_path):

@@ -149,3 +149,15 @@ def test_best_checkpoint_breaks_wer_ties_by_cer_then_loss(tmp_path):
     trainer.fit(ScriptedMetrics(script), data, data)
     best = sorted(p.name for p in tmp_path.glob("checkpoints/best-*.ckpt"))
     assert best == ["best-8.ckpt"]  # WER ties throughout; CER 0.54 twice; then the lower loss
+
+
+def test_latest_follows_a_run_under_a_relative_runs_dir(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from experiments.cli import checkpoint_io
+
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs/quickstart/v1")  # the default --runs_dir is relative; Lightning saves to absolute paths
+    (io,) = checkpoint_io({}, run)
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(1)}}, tmp_path / run / "checkpoints" / "last.ckpt")
+    assert os.readlink(tmp_path / "runs/quickstart/latest") == "v1"

@@ -30,7 +30,7 @@ from tests.cli_helpers import (
     shared_workdir,
     tiny_config,
 )
-from tests.test_cli_resume import run_until_killed
+from tests.experiments.test_cli_resume import run_until_killed
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from unfreeze_standin import StandInModule, regression_loader  # noqa: E402
 
 from callbacks import GradualUnfreezing  # noqa: E402

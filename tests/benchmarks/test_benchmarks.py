@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_common import parse_result_lines, ratio_line  # noqa: E402
@@ -55,6 +55,7 @@ def test_run_all_reads_the_bench_data_goal_table():
     assert rows[0]["value"] == "1500.0 x"
 
 
+@pytest.mark.slow  # end-to-end, > 30 s on 2 cores
 def test_run_all_quick_runs_step_cache_and_memory_and_writes_results(tmp_path):
     results = tmp_path / "results.md"
     out = run_script("run_all.py", "--quick", "--only", "step,cache,memory", "--results", str(results))

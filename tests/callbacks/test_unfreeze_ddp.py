@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from ddp_unfreeze import (  # noqa: E402
     BATCH_SIZE, LOG_EVERY, RANK_AUDIO_SAMPLES, SCHEDULE, SECONDS_PER_BATCH, SNAPSHOT_STEPS, SnapshotParams,

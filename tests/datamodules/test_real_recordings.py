@@ -19,7 +19,7 @@ from datamodules import errors as E
 from datamodules.corpora import CommonVoiceCorpus, LibriSpeechCorpus
 from datamodules.text import CharTokenizer, TextNormalizer
 
-FIXTURES = Path(__file__).parent / "fixtures" / "real_speech"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "real_speech"
 LJ = FIXTURES / "ljspeech"
 
 

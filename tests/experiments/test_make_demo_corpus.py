@@ -13,7 +13,7 @@ import soundfile as sf
 
 from experiments import make_demo_corpus as mdc
 
-CORPUS = Path(__file__).resolve().parents[1] / "experiments" / "demo_corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "experiments" / "demo_corpus"
 SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
 CV_SPLITS = ("train", "dev", "test")
 TOOLS_MISSING = [t for t in ("espeak-ng", "flite", "sox") if not shutil.which(t)]

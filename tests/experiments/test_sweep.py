@@ -20,7 +20,7 @@ from experiments import compare, sweep
 from experiments.sweep_spec import SweepSpecError, check_keys, load_spec, parse_config
 from tests.conftest import FixedContract
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- a tiny model/datamodule the training CLI can build (class_path: test_sweep.*) --------------
@@ -80,8 +80,8 @@ TOY_CONFIG = {
     "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "val_check_interval": 2, "limit_train_batches": 6,
                 "limit_val_batches": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
                 "enable_model_summary": False, "log_every_n_steps": 1},
-    "model": {"class_path": "tests.test_sweep.ToyModel", "init_args": {"lr": 0.01}},
-    "data": {"class_path": "tests.test_sweep.ToyData"},
+    "model": {"class_path": "tests.experiments.test_sweep.ToyModel", "init_args": {"lr": 0.01}},
+    "data": {"class_path": "tests.experiments.test_sweep.ToyData"},
 }
 
 
@@ -183,6 +183,7 @@ TINY_TRIAL = ["--wandb=false", "--trainer.max_steps=2", "--trainer.max_epochs=1"
               "--data.init_args.max_duration=10", "--data.init_args.num_workers=0", "--checkpoint_every_n_steps=1000"]
 
 
+@pytest.mark.slow  # end-to-end, > 30 s on 2 cores
 def test_optuna_sweep_on_demo_corpus_records_trials_in_sqlite_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo data config uses repo-relative paths
     spec_path = write_spec(

@@ -23,7 +23,7 @@ import pytest
 
 from experiments.slurm import job_state, main, render_sbatch, submit_sbatch, wait_for_job
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE_SCRIPT = REPO / "tests" / "scripts" / "slurm_ddp_smoke.py"
 
 
