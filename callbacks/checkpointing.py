@@ -9,7 +9,9 @@ an exception -- never reaches train end: its ``last.ckpt`` stays the last good s
 ``BestCheckpoint``: keeps the single best checkpoint by ``monitor`` (lowest), breaking ties with
 ``tie_breakers`` in order (default: the same domain's CER, then loss; for a CER monitor, the loss). While every validation
 reads WER 1.00 (early training, a hard target), the checkpoint then still follows the falling CER
-instead of staying at the first validation. Missing or NaN values count as +inf.
+instead of staying at the first validation. Missing or NaN values count as +inf. It is the one owner
+of "the best checkpoint": ``best_step`` is the global step it was saved at (``ResultsTable`` reports
+the validation of that step).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class BestCheckpoint(ModelCheckpoint):
         super().__init__(monitor=monitor, mode="min", save_top_k=1, **kwargs)
         self.tie_breakers = default_tie_breakers(monitor) if tie_breakers is None else list(tie_breakers)
         self.best_key: list[float] | None = None
+        self.best_step: int | None = None  # global step of the validation the best checkpoint was saved at
 
     def _key(self, candidates: dict[str, Any]) -> list[float]:
         key = []
@@ -73,13 +76,14 @@ class BestCheckpoint(ModelCheckpoint):
         better = self.best_key is None or not self.best_k_models or key < self.best_key
         better = trainer.strategy.reduce_boolean_decision(bool(better))
         if better:
-            self.best_key = key
+            self.best_key, self.best_step = key, int(trainer.global_step)
         return better
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "best_key": self.best_key, "tie_breakers": self.tie_breakers}
+        return {**super().state_dict(), "best_key": self.best_key, "best_step": self.best_step,
+                "tie_breakers": self.tie_breakers}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if state_dict.get("tie_breakers") == self.tie_breakers:
-            self.best_key = state_dict.get("best_key")
+            self.best_key, self.best_step = state_dict.get("best_key"), state_dict.get("best_step")

@@ -3,12 +3,13 @@
     speechxfer lm --ckpt runs/quickstart/latest/checkpoints/last.ckpt --data experiments/data/demo_source.yaml
     speechxfer lm --ckpt model.ckpt --text train_text.txt --text domain_text.txt --order 4 --out lm/
     speechxfer lm --data experiments/data/demo_source.yaml --out lm/      # tokenizer: the datamodule's
+    speechxfer lm --ckpt model.ckpt --data source.yaml --data target.yaml --out lm/   # both training texts
 
-Text: ``--text`` files (one sentence per line) and/or ``--data``, a datamodule config (the file
+Text: ``--text`` files (one sentence per line) and/or ``--data`` (repeatable), a datamodule config (the file
 ``speechxfer fit --data`` takes): its labelled training transcripts (domain adaptation: the source's).
 Every line is normalised with the model tokenizer's normaliser, as training targets are. Tokenizer
 (spellings are in its units): from ``--ckpt`` (every checkpoint carries it), else ``--tokenizer``
-(a saved tokenizer JSON), else the ``--data`` datamodule's.
+(a saved tokenizer JSON), else the first ``--data`` datamodule's.
 
 Writes ``OUT/lm.arpa`` (interpolated modified Kneser-Ney, ``datamodules/ngram.py``), ``OUT/lexicon.txt``
 (``word<TAB>spelling``, ``datamodules/lexicon.py``; words with characters outside the model's
@@ -99,7 +100,8 @@ def build_lm(sentences: Sequence[str], tokenizer, order: int, out: Path, sources
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser("lm", __doc__, epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--text", type=Path, action="append", default=[], help="text file, one sentence per line")
-    parser.add_argument("--data", type=Path, help="datamodule config: its training transcripts (and tokenizer)")
+    parser.add_argument("--data", type=Path, action="append", default=[],
+                        help="datamodule config: its training transcripts (and tokenizer); repeatable")
     parser.add_argument("--ckpt", type=Path, help="checkpoint whose tokenizer spells the lexicon")
     parser.add_argument("--tokenizer", type=Path, help="saved tokenizer JSON (instead of --ckpt)")
     parser.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
@@ -110,13 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.text and args.data is None:
+    if not args.text and not args.data:
         parser.error("give the LM text: --text FILE and/or --data DATA_CONFIG")
     out = args.out or default_out(args.ckpt)
     if out is None:
         parser.error("--out is needed (no run directory to write next to)")
     try:
-        datamodule = load_datamodule(args.data) if args.data is not None else None
+        datamodules = [load_datamodule(config) for config in args.data]
+        datamodule = datamodules[0] if datamodules else None
         if args.ckpt is not None:
             from lightning_modules.checkpoint import load_tokenizer
 
@@ -129,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer = datamodule.tokenizer
         else:
             parser.error("no tokenizer: pass --ckpt, --tokenizer or --data")
-        raw = list(text_lines(args.text)) + (list(training_texts(datamodule)) if datamodule is not None else [])
+        raw = list(text_lines(args.text)) + [text for dm in datamodules for text in training_texts(dm)]
         sentences = [s for s in (tokenizer.normalize(line) for line in raw) if s]
-        sources = [str(p) for p in args.text] + ([f"{args.data} (training transcripts)"] if args.data else [])
+        sources = [str(p) for p in args.text] + [f"{config} (training transcripts)" for config in args.data]
         info = build_lm(sentences, tokenizer, args.order, out, sources)
     except (OSError, ValueError) as err:
         print(f"error: {err}")

@@ -15,7 +15,8 @@ utterances of the batch (= ``torch.nn.CTCLoss(reduction="mean")``), blank id 0,
 ``train/ctc_infeasible``.
 
 Decoding (``lightning_modules/decoding.py``): greedy everywhere by default (training-time validation
-included). ``eval_decoders`` adds decoders for ``trainer.validate`` / ``trainer.test`` only: each name
+included). ``eval_decoders`` adds decoders for ``trainer.validate`` / ``trainer.test`` (and, with
+``eval_decoders_in_fit``, the fit's validations): each name
 logs ``<stage>_<name>/<domain>/{wer,cer}`` (e.g. ``test_beam/target/wer``) from the same log-probs as
 the greedy ``<stage>/<domain>/*`` metrics. It is an evaluation choice, not part of the model: it is
 left out of the checkpoint's hyper-parameters, so checkpoints load with or without it.
@@ -70,7 +71,8 @@ class CTCModule(pl.LightningModule):
     training only -- not together with a backbone that masks its own CNN features before the transformer
     (``backbone.feature_masking()``, the wav2vec 2.0 recipe), unless the backbone never trains
     (``frozen_backbone``); ``eval_decoders`` name -> ``DecoderConfig`` of extra decoders for
-    validate/test (module docstring).
+    validate/test (module docstring), also in the fit's validations with ``eval_decoders_in_fit``
+    (e.g. for ``callbacks.ResultsTable``'s beam-search rows; the best checkpoint still follows greedy).
     """
 
     frozen_backbone = False  # True: the backbone stays in eval (no dropout, LayerDrop or masking)
@@ -82,9 +84,10 @@ class CTCModule(pl.LightningModule):
                  backbone_lr: float | None = None, layer_decay: float | None = None, weight_decay: float = 0.01,
                  warmup_steps: int = 0, decay: Literal["linear", "cosine", "constant", "tri_stage"] = "linear",
                  min_lr_ratio: float = 0.0, tri_stage_phases: tuple[float, float, float] = TRI_STAGE,
-                 spec_augment: dict | None = None, eval_decoders: dict[str, DecoderConfig] | None = None) -> None:
+                 spec_augment: dict | None = None, eval_decoders: dict[str, DecoderConfig] | None = None,
+                 eval_decoders_in_fit: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "eval_decoders"])
+        self.save_hyperparameters(ignore=["backbone", "eval_decoders", "eval_decoders_in_fit"])
         if decay == "tri_stage":
             check_tri_stage(tri_stage_phases, min_lr_ratio)  # fail at construction, not at fit
         self.tokenizer: Tokenizer = tokenizer_from_dict(tokenizer)
@@ -103,6 +106,7 @@ class CTCModule(pl.LightningModule):
         self.test_time_adaptation: Any = None
         self._weights_restored = False
         self.eval_decoders = check_decoder_names(eval_decoders or {})
+        self.eval_decoders_in_fit = eval_decoders_in_fit
         self._decoders: dict[str, Decoder] = {}  # built on first use (they need the tokenizer)
         self.predict_decoder: Decoder | None = None  # predict_step's (``speechxfer transcribe --decoder``); None: greedy
 
@@ -216,9 +220,11 @@ class CTCModule(pl.LightningModule):
         return key, self.metrics[key]
 
     def _active_eval_decoders(self) -> list[str]:
-        """Names of the ``eval_decoders`` used now: in ``validate`` / ``test``, never while fitting."""
+        """Names of the ``eval_decoders`` used now: in ``validate`` / ``test``; in the fit's validations only
+        with ``eval_decoders_in_fit``."""
         fn = self._trainer.state.fn if self._trainer is not None else None
-        return list(self.eval_decoders) if fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) else []
+        stages = (TrainerFn.VALIDATING, TrainerFn.TESTING) + ((TrainerFn.FITTING,) if self.eval_decoders_in_fit else ())
+        return list(self.eval_decoders) if fn in stages else []
 
     def _eval_step(self, stage: str, batch: dict, idx: int) -> dict[str, list[str]]:
         """Update and log this dataloader's WER, CER and loss (torchmetrics states: exact under DDP), and

@@ -67,8 +67,9 @@ def load_experiment(config: Path) -> dict[str, Any]:
 class TinySubstitutions:
     """Rewrites a loaded config so it runs offline on CPU in seconds (see :func:`tiny_config`).
 
-    Corpora whose root does not exist (real data roots such as ``data``), or every corpus with
-    ``all_data=True``, move to tiny generated corpora under ``work``; existing roots become absolute.
+    Corpora whose root is not shipped under ``experiments/`` (real data roots such as ``data``, present or
+    not), or every corpus with ``all_data=True``, move to tiny generated corpora under ``work``; shipped
+    roots (the demo corpus) become absolute.
     """
 
     def __init__(self, work: Path, ckpt: Path | None = None, all_data: bool = False) -> None:
@@ -88,6 +89,8 @@ class TinySubstitutions:
             handler = getattr(self, f"_{kind}", None)
             if handler is not None:
                 node["init_args"] = handler(dict(args))
+        for decoder in (node.get("eval_decoders") or {}).values():  # shipped LM / lexicon: repo-relative paths
+            decoder.update({k: str(REPO / v) for k, v in decoder.items() if k in ("lexicon", "lm") and v})
         if "feature_cache_dir" in node:
             node["feature_cache_dir"] = str(self.work / "feature_cache")
         if isinstance(node.get("noise"), str) and self._root(node["noise"]) is None:  # augment noise under data/
@@ -95,8 +98,13 @@ class TinySubstitutions:
         return node
 
     def _root(self, root: str) -> str | None:
-        path = Path(root) if Path(root).is_absolute() else REPO / root
-        return None if self.all_data or not path.exists() else str(path)
+        """The absolute root of a corpus shipped in ``experiments/`` (the demo corpus), else None (move it).
+
+        Only shipped roots are kept: a user's ``data/`` (ignored by git) may exist in the checkout, and a
+        test must never read it (nor any other root outside the repo's shipped files)."""
+        path = (Path(root) if Path(root).is_absolute() else REPO / root).resolve()
+        shipped = path.is_relative_to(EXPERIMENTS.resolve()) and path.exists()
+        return str(path) if shipped and not self.all_data else None
 
     def _LibriSpeechCorpus(self, args: dict) -> dict:  # noqa: N802 (named after the class)
         root = self._root(args["root"])

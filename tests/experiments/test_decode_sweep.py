@@ -97,10 +97,13 @@ def test_bad_decode_specs_are_clear_errors(setup, tmp_path, capsys, change, mess
     assert message in capsys.readouterr().out
 
 
-def test_the_shipped_decode_spec_is_valid_up_to_its_checkpoint():
+def test_the_shipped_decode_spec_is_valid_up_to_its_checkpoint(tmp_path, monkeypatch):
     from experiments.decode_sweep import check_decode_spec
     from experiments.sweep_spec import SweepSpecError, load_spec
 
-    spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / "sweeps" / "quickstart_decode.yaml")
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "experiments").symlink_to(repo / "experiments")  # the spec's config, but not the user's runs/
+    monkeypatch.chdir(tmp_path)  # its paths are cwd-relative: a runs/quickstart/latest in the checkout is not read
+    spec = load_spec(repo / "experiments" / "sweeps" / "quickstart_decode.yaml")
     with pytest.raises(SweepSpecError, match="runs/quickstart/latest/checkpoints/last.ckpt: no such checkpoint"):
         check_decode_spec(spec)  # every other field checked first; the checkpoint is trained by the user

@@ -85,3 +85,26 @@ def test_help_shows_an_example_and_bad_input_is_a_clear_error(tmp_path, capsys):
     code = main(["lm", "--text", str(tmp_path / "missing.txt"), "--tokenizer", str(tmp_path / "tokenizer.json"),
                  "--out", str(tmp_path / "lm")])
     assert code == 2 and "missing.txt: no such file" in capsys.readouterr().out
+
+
+def test_repeated_data_configs_pool_their_training_transcripts(tmp_path, capsys):
+    first, second = data_config(tmp_path / "a"), data_config(tmp_path / "b")
+    tokenizer = load_datamodule(first).tokenizer
+    (tmp_path / "tok.json").write_text(json.dumps(tokenizer.to_dict()))
+    assert main(["lm", "--tokenizer", str(tmp_path / "tok.json"), "--data", str(first), "--data", str(second),
+                 "--out", str(tmp_path / "lm")]) == 0, capsys.readouterr().out
+    info = json.loads((tmp_path / "lm" / "lm.json").read_text())
+    assert info["sentences"] == 2 * 7 and len(info["sources"]) == 2  # 6 + 1 training utterances per corpus
+
+
+def test_the_shipped_demo_lm_is_rebuilt_from_training_transcripts_only(tmp_path, monkeypatch, capsys):
+    """experiments/models/demo_lm (the main job's beam rows) = the command in experiments/quickstart.yaml."""
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)
+    assert main(["lm", "--ckpt", "experiments/models/synth_en_bigru.ckpt", "--data", "experiments/data/demo_source.yaml",
+                 "--data", "experiments/data/demo_target_labelled.yaml", "--out", str(tmp_path)]) == 0, \
+        capsys.readouterr().out
+    shipped = repo / "experiments" / "models" / "demo_lm"
+    for name in ("lm.arpa", "lexicon.txt", "lm.json"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+    assert json.loads((shipped / "lm.json").read_text())["sentences"] == 240  # 120 source + 120 target train

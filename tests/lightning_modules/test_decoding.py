@@ -186,6 +186,19 @@ def test_eval_decoders_log_extra_metrics_in_validate_and_test_only(trained, lm_f
     assert load_model(path).eval_decoders == {}
 
 
+def test_eval_decoders_in_fit_also_decode_the_fits_validations(trained):
+    trained_model, dm = trained
+    tok = trained_model.tokenizer
+    model = CTCModule(legacy_tiny_backbone(), tok.to_dict(), dropout=0.0,
+                      eval_decoders={"beam1": DecoderConfig(beam_size=1)}, eval_decoders_in_fit=True)
+    model.load_state_dict(trained_model.state_dict())
+    fit = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, **QUIET)
+    fit.fit(model, datamodule=dm)
+    metrics = fit.callback_metrics
+    assert metrics["val_beam1/source/wer"] == metrics["val/source/wer"]  # beam 1 == greedy, same log-probs
+    assert metrics["val_beam1/source/cer"] == metrics["val/source/cer"]
+
+
 # ------------------------------------------------------------------ configuration and errors
 def test_flags_round_trip_and_clear_errors(tmp_path, lm_files):
     lexicon, lm = lm_files
