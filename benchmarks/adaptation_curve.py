@@ -35,8 +35,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_common import REPO, write_yaml  # noqa: E402
+from benchmarks.bench_common import REPO, run_cli, write_yaml  # noqa: E402
 from datamodules.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from lightning_modules.checkpoint_io import read_checkpoint  # noqa: E402
 
@@ -70,18 +68,6 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         return cls(outer_steps=2, test_shots=[0, 2], validations=1, steps_per_epoch=2)
-
-
-def cli(args: list[str], log: Path, threads: int) -> None:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
-    env.pop("SPEECHXFER_RUN_DIR", None)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ python -m experiments " + " ".join(args) + "\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"`python -m experiments {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
 
 
 def data_configs(out: Path, source: Path, s: Settings) -> tuple[Path, Path, int, float]:
@@ -174,14 +160,14 @@ def run(out: Path, source: Path, s: Settings, methods: list[str], threads: int) 
         else:
             args = method_args(method, out, source, episodes, pooled, joint_steps, s)
             fit = ["fit", *args, *common, "--runs_dir", str(out / "runs")]
-            cli(fit, log, threads)
+            run_cli(fit, log, threads)
             commands.append("python -m experiments " + " ".join(fit))
             ckpt = out / "runs" / "adaptation" / method / "checkpoints" / "last.ckpt"
             summary = json.loads((out / "runs" / "adaptation" / method / "summary.json").read_text())
             fit_s, steps = summary["wall_time_s"], summary["global_step"]
         test = ["test", *args, "--data", str(pooled), *common, "--runs_dir", str(out / "test_runs"),
                 "--ckpt_path", str(ckpt)]
-        cli(test, log, threads)
+        run_cli(test, log, threads)
         commands.append("python -m experiments " + " ".join(test))
         tested = json.loads((out / "test_runs" / "adaptation" / method / "summary.json").read_text())["test"]
         results[method] = {"steps": steps, "fit_wall_s": fit_s, "test": tested}
@@ -189,7 +175,7 @@ def run(out: Path, source: Path, s: Settings, methods: list[str], threads: int) 
         shown = ", ".join(f"k{k:g} {100 * tested[f'test/fewshot/k{k:g}/wer']:.1f}" for k in s.test_shots)
         print(f"         WER % {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
     compare = ["compare", str(out / "test_runs"), "--out", str(out / "compare"), "--format", "md"]
-    cli(compare, log, threads)
+    run_cli(compare, log, threads)
     commands.append("python -m experiments " + " ".join(compare))
     curve = {"source_checkpoint": str(source), "settings": asdict(s), "joint_steps": joint_steps,
              "utterances_per_pooled_batch": per_batch, "results": results, "commands": commands,

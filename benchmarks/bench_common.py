@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,22 @@ def source_data_config(root: Path, max_duration: float = 20.0, num_workers: int 
         "domain": "source", "train": librispeech(root, "train-clean-100"), "val": val, "test": test,
         "max_duration": max_duration, "num_buckets": num_buckets, "num_workers": num_workers,
         "seed": seed, "cache_dir": str(Path(root) / ".cache")}}
+
+
+def run_cli(args: list[str], log: Path, threads: int | None = None) -> None:
+    """``python -m experiments ARGS`` from the repo root with W&B off, its output appended to ``log``;
+    ``threads`` sets OMP_NUM_THREADS (the run's torch intra-op threads). A failure raises, naming the log."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.pop("SPEECHXFER_RUN_DIR", None)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ python -m experiments " + " ".join(args) + "\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, env=env, stdout=f,
+                              stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"`python -m experiments {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
 
 
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:

@@ -62,9 +62,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -74,7 +72,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_common import REPO, commonvoice, librispeech, make_tone_corpus, write_yaml  # noqa: E402
+from benchmarks.bench_common import REPO, commonvoice, librispeech, make_tone_corpus, run_cli, write_yaml  # noqa: E402
 from benchmarks.study_report import write_study_report  # noqa: E402
 
 DEMO_ROOT = REPO / "experiments" / "demo_corpus"
@@ -251,20 +249,6 @@ def steps_per_epoch(data_config: Path) -> int:
 
 
 # ---------------------------------------------------------------- runs
-def cli(args: list[str], log: Path, threads: int | None = None) -> None:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)  # torch intra-op threads of the run (+1 DataLoader worker)
-    env.pop("SPEECHXFER_RUN_DIR", None)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ python -m experiments " + " ".join(args) + "\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"`python -m experiments {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
-
-
 def epoch_budget(steps: int, per_epoch: int, validations: int) -> tuple[int, int]:
     """(epochs, validate every n epochs): whole epochs closest to ``steps`` (at most ``steps`` when it is
     at least one epoch), a multiple of the validation interval so the last epoch is validated."""
@@ -334,7 +318,7 @@ def decoding_args(out: Path, data: dict[str, Path], s: Settings, log: Path, toke
         return []
     lm = out / "lm"
     spelling = ["--ckpt", str(tokenizer)] if tokenizer.suffix == ".ckpt" else ["--tokenizer", str(tokenizer)]
-    cli(["lm", "--data", str(data["source"]), *spelling,
+    run_cli(["lm", "--data", str(data["source"]), *spelling,
          "--order", str(s.lm_order), "--out", str(lm)], log)
     beam = {"beam_size": s.beam_size, "lexicon": str(lm / "lexicon.txt"), "lm": str(lm / "lm.arpa"),
             "lm_weight": s.lm_weight, "word_score": s.word_score}
@@ -366,9 +350,9 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
         start = time.perf_counter()
         print(f"[{time.perf_counter() - t0:6.0f} s] {m.label}: {'test' if m.test_only else 'fit'} ...", flush=True)
         if not m.test_only:
-            cli(fit, log, threads)
+            run_cli(fit, log, threads)
             commands.append("python -m experiments " + shlex.join(fit))
-        cli(test, log, threads)
+        run_cli(test, log, threads)
         commands.append("python -m experiments " + shlex.join(test))
         metrics = read_test_metrics(out / "test_runs" / "study" / m.key)
         tested = json.loads((out / "test_runs" / "study" / m.key / "summary.json").read_text())
@@ -387,7 +371,7 @@ def run_study(out: Path, corpus: str, s: Settings, only: list[str] | None = None
     compare = ["compare", str(out / "runs"), "--out", str(out / "compare"), "--format", "md"]
     compare_test = ["compare", str(out / "test_runs"), "--out", str(out / "compare_test"), "--format", "md"]
     for command in (compare, compare_test):
-        cli(command, log)
+        run_cli(command, log)
         commands.append("python -m experiments " + shlex.join(command))
     study = {"corpus": corpus, "settings": s.__dict__, "epoch_steps": epoch_steps, "results": results,
              "commands": commands, "wall_s": time.perf_counter() - t0, "notes": notes or []}

@@ -17,6 +17,15 @@ def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
 
 
+def _save(fig, ax, path: Path) -> Path:
+    """Grid, tight layout, write ``path`` (100 dpi), free the figure."""
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_wer_curves(records: list[RunRecord], path: Path) -> Path:
     """Validation WER vs step, one line per run (target WER if logged, else source)."""
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -35,11 +44,7 @@ def plot_wer_curves(records: list[RunRecord], path: Path) -> Path:
     else:
         _empty(ax, "no validation WER logged by these runs")
     ax.set(xlabel="training step", ylabel="validation WER", title="Validation WER (target if present, else source)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_target_wer_vs_minutes(records: list[RunRecord], path: Path) -> Path:
@@ -62,11 +67,7 @@ def plot_target_wer_vs_minutes(records: list[RunRecord], path: Path) -> Path:
         _empty(ax, "no run has both a target WER and labelled target minutes")
     ax.set(xlabel="labelled target-domain minutes", ylabel="best target WER",
            title="Target WER vs labelled target data")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_adaptation_curve(records: list[RunRecord], path: Path) -> Path:
@@ -85,8 +86,4 @@ def plot_adaptation_curve(records: list[RunRecord], path: Path) -> Path:
         _empty(ax, "no few-shot test results (speechxfer test with EpisodicDataModule test_shots)")
     ax.set(xlabel="support utterances per held-out task (k shots)", ylabel="query WER after adaptation",
            title="Adaptation curve (few-shot test)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
