@@ -174,6 +174,9 @@ def default_loggers(
             offline=offline,
             id=wandb_run_id(run_dir),
             resume="allow",
+            # no history/summary panel at exit: the run's own results table stays the last thing printed
+            # (the "wandb sync" hint for offline runs is kept)
+            settings={"quiet": True},
         )
         loggers.insert(0, wandb_logger)
     return loggers
