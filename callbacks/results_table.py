@@ -37,8 +37,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from callbacks.checkpointing import BestCheckpoint
-
 from datamodules.atomic import write_text_atomic
+from datamodules.base import speech_datamodule
 
 RESULTS_FILE = "results.md"
 METRIC = re.compile(r"^val(?:_(?P<decoder>[a-z0-9]+))?/(?P<domain>[^/]+)/(?P<name>wer|cer)$")
@@ -125,7 +125,8 @@ class ResultsTable(Callback):
         if after is not None:
             which, step, metrics = after
             rows += decoder_rows(f"after: {which} (step {step})", metrics)
-        domains = list(getattr(trainer.datamodule, "val_domains", None) or [])
+        datamodule = speech_datamodule(trainer)
+        domains = list(datamodule.val_domains) if datamodule is not None else []
         seen = {METRIC.match(k)["domain"] for _, metrics in rows for k in metrics}
         domains = [d for d in domains if d in seen] + sorted(seen - set(domains))
         checkpoint = self.best_checkpoint(trainer)

@@ -459,3 +459,7 @@ class RaiseAtStep(pl.Callback):
                              batch_idx: int) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError(f"RaiseAtStep: failing at step {self.step} on purpose")
+
+
+# Command-line overrides for a 2-process CPU DDP run (gloo).
+CPU_DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]

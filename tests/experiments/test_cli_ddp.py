@@ -15,6 +15,7 @@ import torch
 
 from experiments.cli import build_cli
 from tests.cli_helpers import (
+    CPU_DDP,
     EXPERIMENTS,
     REPO,
     in_process_cli,
@@ -29,7 +30,6 @@ from tests.cli_helpers import (
 
 pytestmark = pytest.mark.slow
 
-DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
 MAX_STEPS = 6
 SHORT_RUN = {
     "trainer": {"max_epochs": -1, "check_val_every_n_epoch": 1000, "log_every_n_steps": 1},
@@ -50,7 +50,7 @@ def work(tmp_path_factory) -> Path:
 
 def ddp_fit(config: Path, runs_dir: Path, name: str) -> Path:
     """``speechxfer fit`` on 2 CPU processes; returns the run dir."""
-    run_cli(["fit", "--config", config, *DDP, "--runs_dir", runs_dir, "--run_name", name, "--wandb", "false",
+    run_cli(["fit", "--config", config, *CPU_DDP, "--runs_dir", runs_dir, "--run_name", name, "--wandb", "false",
              "--trainer.max_steps", MAX_STEPS, "--checkpoint_every_n_steps", MAX_STEPS], cwd=runs_dir)
     return next(runs_dir.glob(f"*/{name}"))
 
@@ -104,7 +104,7 @@ def test_validation_metrics_synced_across_ranks(quickstart_run: Path, tmp_path: 
     ckpt = quickstart_run / "checkpoints" / "last.ckpt"
     args = ["validate", "--config", str(EXPERIMENTS / "quickstart.yaml"), "--ckpt_path", str(ckpt),
             "--runs_dir", str(tmp_path), "--wandb", "false"]
-    run_cli([*args, *DDP, "--run_name", "ddp"], cwd=REPO)
+    run_cli([*args, *CPU_DDP, "--run_name", "ddp"], cwd=REPO)
     ddp = read_metrics(tmp_path / "quickstart" / "ddp")
 
     with in_process_cli(cwd=REPO):  # the demo corpus paths are relative to the repository

@@ -28,12 +28,8 @@ def audio_key(path, offset=0.0, duration=None) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}|{offset}|{duration}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest single-threaded, and other test runs share the CPU cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 
 from experiments.cli import build_cli
 from tests.cli_helpers import (
+    CPU_DDP,
     EXPERIMENTS,
     REPO,
     callbacks_yaml,
@@ -34,7 +35,6 @@ from tests.experiments.test_cli_resume import run_until_killed
 
 pytestmark = pytest.mark.slow
 
-DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
 MAX_STEPS = 6
 PSEUDO_LABEL = {  # no init_from: the tiny corpora's tokenizer is not the quickstart model's
     "model": {"init_args": {"init_from": None, "ema_decay": 0.5, "refresh_every_n_steps": 3}},
@@ -71,7 +71,7 @@ def fit_args(config: Path, runs_dir: Path, name: str, steps: int = MAX_STEPS) ->
 
 
 def test_pseudo_labels_per_rank_and_identical_replicas(config: Path, tmp_path: Path):
-    run_cli([*fit_args(config, tmp_path, "ddp"), *DDP, "--config", callbacks_yaml(tmp_path / "cb.yaml", [DUMP])],
+    run_cli([*fit_args(config, tmp_path, "ddp"), *CPU_DDP, "--config", callbacks_yaml(tmp_path / "cb.yaml", [DUMP])],
             cwd=tmp_path)
     run = tmp_path / "demo_pseudo_label" / "ddp"
     rank0, rank1 = (torch.load(run / f"train_state_rank{r}.pt") for r in (0, 1))
@@ -117,7 +117,7 @@ def test_tta_under_ddp_equals_one_process(quickstart_ckpt: Path, tmp_path: Path)
     args = ["test", "--config", str(EXPERIMENTS / "quickstart.yaml"), "--ckpt_path", str(quickstart_ckpt),
             "--runs_dir", str(tmp_path), "--wandb", "false", "--tta.method", "suta", "--tta.steps", "2",
             "--tta.lr", "0.001"]
-    run_cli([*args, *DDP, "--run_name", "ddp"], cwd=REPO)
+    run_cli([*args, *CPU_DDP, "--run_name", "ddp"], cwd=REPO)
     ddp = read_metrics(tmp_path / "quickstart" / "ddp")
     with in_process_cli(cwd=REPO):
         metrics = build_cli([*args, "--run_name", "single"]).trainer.callback_metrics

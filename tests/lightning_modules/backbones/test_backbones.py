@@ -26,13 +26,8 @@ from tests.corpus_factory import tone_speech
 SMALL_CNN = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]  # 320x, 50 fps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded, and other test runs share the CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest single-threaded, and other test runs share the CPU cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(extractor_mode: str = "layer_norm", **extra) -> dict:
